@@ -1,0 +1,184 @@
+"""Mergeable base-2 exponential histograms (OTel style, fixed scale).
+
+Why this shape: percentiles over a day or over all tenants must come from merged
+histograms, never from averaged percentiles.  A base-2 exponential histogram at a fixed
+scale merges by adding counts of equal bucket indexes, so partial aggregates from any
+number of batches, partitions and workers combine exactly, in any order.
+
+Bucket ``b`` covers ``(base**b, base**(b+1)]`` with ``base = 2 ** (2 ** -SCALE)``
+(the OTel exponential-histogram convention, upper bound inclusive).  A quantile is
+reported as the point that minimises the worst-case relative error within its bucket,
+``2 * base**(b+1) / (base + 1)``, so for any value ``v`` in the bucket::
+
+    |estimate - v| / v <= (base - 1) / (base + 1) = RELATIVE_ERROR
+
+With ``SCALE = 4`` (16 buckets per doubling) that bound is 2.17 %.  Values ``<= 0`` land in
+the zero bucket (:data:`ZERO_BUCKET`) and are reported as ``0``.
+
+Quantile definition: the nearest-rank ("inverted CDF") quantile, i.e. the ``k``-th smallest
+value with ``k = max(1, ceil(q * n))``.  The histogram estimate of that quantile is within
+:data:`RELATIVE_ERROR` of the exact nearest-rank value.
+
+Representation: a Polars ``List(Struct{b: Int32, n: Int64})`` column, sorted by ``b``, with no
+zero counts.  In Parquet and DuckDB it is ``STRUCT(b INTEGER, n BIGINT)[]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Final
+
+import polars as pl
+
+SCALE: Final = 4
+BASE: Final = 2.0 ** (2.0**-SCALE)
+RELATIVE_ERROR: Final = (BASE - 1.0) / (BASE + 1.0)
+#: Bucket index used for values <= 0 (reported as 0 by quantile estimates).
+ZERO_BUCKET: Final = -(2**31) + 1
+
+BUCKET_DTYPE: Final = pl.Int32()
+HIST_DTYPE: Final = pl.List(pl.Struct({"b": pl.Int32(), "n": pl.Int64()}))
+
+_SCALE_FACTOR: Final = float(2**SCALE)
+
+
+def bucket_expr(value: pl.Expr) -> pl.Expr:
+    """Map a numeric expression to bucket indexes (null stays null, ``<= 0`` to the zero bucket).
+
+    NaN and infinite values are the caller's job to reject before this point; they map to null
+    here so they can never corrupt a histogram.
+    """
+    v = value.cast(pl.Float64)
+    idx = (v.log(2.0) * _SCALE_FACTOR).ceil() - 1.0
+    return (
+        pl.when(v.is_null() | v.is_nan() | v.is_infinite())
+        .then(None)
+        .when(v <= 0.0)
+        .then(pl.lit(ZERO_BUCKET, dtype=pl.Int64))
+        .otherwise(idx.cast(pl.Int64))
+        .cast(BUCKET_DTYPE)
+        .alias(value.meta.output_name(raise_if_undetermined=False) or "b")
+    )
+
+
+def bucket_of(value: float) -> int:
+    """Scalar twin of :func:`bucket_expr`, used by tests and detectors."""
+    if value <= 0.0:
+        return ZERO_BUCKET
+    return int(math.ceil(math.log2(value) * _SCALE_FACTOR) - 1)
+
+
+def bucket_estimate(b: int) -> float:
+    """Return the value reported for bucket ``b`` (see the module docstring for the bound)."""
+    if b == ZERO_BUCKET:
+        return 0.0
+    return 2.0 * BASE ** (b + 1) / (BASE + 1.0)
+
+
+def hist_agg(bucket_col: str) -> pl.Expr:
+    """Aggregation expression: raw per-group bucket counts of a bucket-index column.
+
+    Polars cannot reshape a struct inside ``group_by().agg``, so follow the aggregation with
+    :func:`hist_finish` on the same column name to get :data:`HIST_DTYPE`.
+    """
+    return pl.col(bucket_col).drop_nulls().value_counts(sort=False, name="n").alias(bucket_col)
+
+
+def hist_finish(col: str, bucket_field: str | None = None) -> pl.Expr:
+    """Turn :func:`hist_agg` output into :data:`HIST_DTYPE` (fields ``b``/``n``, sorted by ``b``)."""
+    field = bucket_field or col
+    return (
+        pl.col(col)
+        .list.eval(
+            pl.struct(
+                pl.element().struct.field(field).cast(pl.Int32).alias("b"),
+                pl.element().struct.field("n").cast(pl.Int64).alias("n"),
+            ).sort_by(pl.element().struct.field(field))
+        )
+        .cast(HIST_DTYPE)
+        .alias(col)
+    )
+
+
+def merge_hist_frame(df: pl.DataFrame, key: str, hist_cols: Sequence[str]) -> pl.DataFrame:
+    """Merge histogram columns of ``df`` across rows sharing ``key``.
+
+    Returns one row per distinct ``key`` with each column in ``hist_cols`` merged (counts of
+    equal bucket indexes added, sorted by bucket).  Keys whose histograms are all empty get
+    empty lists, never nulls.
+    """
+    out = df.select(pl.col(key)).unique(maintain_order=False)
+    for col in hist_cols:
+        merged = (
+            df.select(pl.col(key), pl.col(col))
+            .explode(col)
+            .drop_nulls(col)
+            .unnest(col)
+            .group_by(key, "b")
+            .agg(pl.col("n").sum())
+            .sort(key, "b")
+            .group_by(key, maintain_order=True)
+            .agg(pl.struct("b", "n").alias(col))
+        )
+        out = out.join(merged, on=key, how="left").with_columns(
+            pl.col(col).fill_null(pl.lit([], dtype=HIST_DTYPE)).cast(HIST_DTYPE)
+        )
+    return out
+
+
+def merge_counts(hists: Iterable[Iterable[Mapping[str, int]]]) -> dict[int, int]:
+    """Merge histograms given as iterables of ``{"b": …, "n": …}`` into ``{bucket: count}``."""
+    merged: dict[int, int] = {}
+    for hist in hists:
+        for cell in hist or ():
+            merged[cell["b"]] = merged.get(cell["b"], 0) + cell["n"]
+    return merged
+
+
+def quantile(counts: Mapping[int, int], q: float) -> float | None:
+    """Nearest-rank quantile estimate from ``{bucket: count}``; ``None`` for an empty histogram.
+
+    >>> h = merge_counts([[{"b": bucket_of(100.0), "n": 3}]])
+    >>> abs(quantile(h, 0.5) - 100.0) / 100.0 <= RELATIVE_ERROR
+    True
+    """
+    if not 0.0 <= q <= 1.0:
+        msg = f"quantile q must be within [0, 1], got {q}"
+        raise ValueError(msg)
+    total = sum(counts.values())
+    if total == 0:
+        return None
+    rank = max(1, math.ceil(q * total))
+    seen = 0
+    for b in sorted(counts):
+        seen += counts[b]
+        if seen >= rank:
+            return bucket_estimate(b)
+    return bucket_estimate(max(counts))  # unreachable: seen reaches total
+
+
+#: DuckDB macros over ``STRUCT(b INTEGER, n BIGINT)[]`` columns, mirroring :func:`quantile`.
+#: ``hist_merge(list(col))`` concatenates histograms of many rows (duplicates are fine:
+#: the quantile macro sums counts per bucket); ``hist_quantile(h, q)`` returns the estimate.
+DUCKDB_MACROS: Final = f"""
+CREATE OR REPLACE MACRO hist_merge(hs) AS flatten(hs);
+CREATE OR REPLACE MACRO hist_count(h) AS
+    coalesce(list_sum(list_transform(h, lambda x: x.n)), 0);
+CREATE OR REPLACE MACRO hist_bucket_value(b) AS
+    CASE WHEN b = {ZERO_BUCKET} THEN 0.0
+         ELSE 2.0 * pow({BASE!r}, b + 1) / ({BASE!r} + 1.0) END;
+CREATE OR REPLACE MACRO hist_quantile(h, q) AS (
+    WITH cells AS (
+        SELECT c.b AS b, sum(c.n) AS n
+        FROM (SELECT unnest(h) AS c)
+        GROUP BY c.b
+    ), cum AS (
+        SELECT b, sum(n) OVER (ORDER BY b ROWS UNBOUNDED PRECEDING) AS seen,
+               sum(n) OVER () AS total
+        FROM cells
+    )
+    SELECT hist_bucket_value(min(b)) FROM cum
+    WHERE seen >= greatest(1, ceil(q * total))
+);
+"""
