@@ -1,0 +1,94 @@
+"""Assemble the production job from :class:`~spanpulse.config.Settings`.
+
+``build_job`` is what ``spanpulse run`` uses; ``get_flow`` is the entry point for running the
+same dataflow under ``python -m bytewax.run`` (multi-worker / multi-process scale-out)::
+
+    python -m bytewax.run "spanpulse.flows.job:get_flow('spanpulse.toml')" -w 1 \
+        -r /var/lib/spanpulse/recovery -s 30 -b 0
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from bytewax.dataflow import Dataflow
+from prometheus_client import CollectorRegistry
+
+from spanpulse.config import Settings, load
+from spanpulse.flows.rollup import FlowParams, FlowSinks, build_flow
+from spanpulse.schemas.aggregate import Aggregator
+from spanpulse.schemas.batch import BatchDecoder, BatchProcessor
+from spanpulse.schemas.conventions import AttributeKeys
+from spanpulse.schemas.decode import Decoder
+from spanpulse.schemas.pricing import Pricing
+from spanpulse.sinks.kafka_source import SpanSource
+from spanpulse.sinks.metrics import Metrics
+from spanpulse.sinks.observer import MetricsObserver
+from spanpulse.sinks.outputs import DeadLetterSink, RollupSink
+from spanpulse.sinks.parquet import RollupWriter
+
+
+@dataclass
+class Job:
+    """A built dataflow plus the objects a runner needs to report on it."""
+
+    flow: Dataflow
+    observer: MetricsObserver
+    registry: CollectorRegistry
+    source: SpanSource
+
+
+def make_processor(settings: Settings) -> BatchProcessor:
+    """Build decoders (one per encoding in use) and the aggregator from settings."""
+    a = settings.attributes
+    keys = AttributeKeys(
+        tenant=a.tenant, feature=a.feature, prompt_version=a.prompt_version,
+        parse_ok=a.parse_ok, refusal=a.refusal,
+    )  # fmt: skip
+    pricing = Pricing(overrides=settings.pricing, context_windows=settings.context_windows)
+    thr = settings.rollups.context_fill_threshold
+    decoders: dict[str, BatchDecoder] = {
+        enc: Decoder(enc, keys, pricing, fill_threshold=thr)  # type: ignore[arg-type]
+        for enc in {i.encoding for i in settings.inputs}
+    }
+    agg = Aggregator(
+        grains=tuple(g.dims for g in settings.rollups.grains),
+        window_ms=settings.window.length_ms,
+        fill_threshold=thr,
+        exemplars=settings.rollups.exemplars,
+    )
+    return BatchProcessor(decoders, agg)
+
+
+def build_job(settings: Settings, *, bounded: bool = False, registry: CollectorRegistry | None = None) -> Job:
+    """Build the full job; raises ``SourceError`` early when Kafka or a topic is unusable."""
+    registry = registry or CollectorRegistry()
+    metrics = Metrics(registry)
+    observer = MetricsObserver(metrics)
+    client = settings.kafka.client_config()
+    source = SpanSource(
+        client_config=client,
+        topics={i.topic: i.encoding for i in settings.inputs},
+        batch_size=settings.kafka.batch_size,
+        start_from=settings.kafka.start_from,
+        bounded=bounded,
+    )
+    params = FlowParams(
+        processor=make_processor(settings),
+        partitions=source.partition_ids(),
+        window_ms=settings.window.length_ms,
+        lateness_ms=settings.window.allowed_lateness_ms,
+        idle_timeout_ms=settings.window.idle_timeout_ms,
+    )
+    sinks = FlowSinks(
+        rollups=RollupSink(RollupWriter(Path(settings.rollups.output_dir))),
+        dead_letters=DeadLetterSink(client, settings.kafka.dead_letter_topic, settings.dead_letter_payloads),
+        observer=observer,
+    )
+    return Job(build_flow(params, source, sinks), observer, registry, source)
+
+
+def get_flow(config_path: str) -> Dataflow:
+    """Entry point for ``python -m bytewax.run "spanpulse.flows.job:get_flow('spanpulse.toml')"``."""
+    return build_job(load(Path(config_path))).flow

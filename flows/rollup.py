@@ -1,0 +1,177 @@
+"""The rollup dataflow: Kafka batches -> decode + pre-aggregate -> windows closed by the slowest
+partition -> Parquet (and, downstream, detectors and metrics).
+
+Only wiring lives here.  Every step calls a named, unit-tested object from ``spanpulse.schemas``:
+``BatchProcessor`` (decode + pre-aggregate), ``PartitionTracker`` (per-partition watermark, late
+split), ``WindowCloser`` (global minimum, close orders), ``WindowState`` + ``Aggregator`` (merge,
+finalize).  See ``schemas/progress.py`` for why windows are keyed by window rather than by tenant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import polars as pl
+from bytewax import operators as op
+from bytewax.dataflow import Dataflow, Stream
+from bytewax.inputs import Source
+from bytewax.outputs import Sink
+
+from spanpulse.schemas.aggregate import Aggregator
+from spanpulse.schemas.batch import BatchProcessor, PartialBatch, RawBatch
+from spanpulse.schemas.progress import CloseOrder, PartitionTracker, SealReport, WindowCloser, WindowState
+
+if TYPE_CHECKING:
+    from spanpulse.schemas.dead_letter import DeadLetter
+
+CLOSER_KEY = "closer"
+#: Partial frames a window keeps before compacting them into one (bounds state size).
+COMPACT_AFTER = 32
+
+
+class Observer(Protocol):
+    """Side-channel for metrics and progress output; must not raise."""
+
+    def on_batch(self, batch: PartialBatch) -> None:
+        """Account one decoded batch."""
+
+    def on_window(self, rows: pl.DataFrame) -> None:
+        """Account one finalized window (all grains)."""
+
+    def on_late(self, rows: pl.DataFrame) -> None:
+        """Account late rows."""
+
+    def on_close(self, closed_upto_ms: int | None) -> None:
+        """Report the global sealed point."""
+
+
+class NullObserver:
+    """Observer that ignores everything."""
+
+    def on_batch(self, batch: PartialBatch) -> None:
+        """Ignore."""
+
+    def on_window(self, rows: pl.DataFrame) -> None:
+        """Ignore."""
+
+    def on_late(self, rows: pl.DataFrame) -> None:
+        """Ignore."""
+
+    def on_close(self, closed_upto_ms: int | None) -> None:
+        """Ignore."""
+
+
+@dataclass
+class FlowSinks:
+    """Where the flow's outputs go (parameters, so tests pass testing sinks)."""
+
+    rollups: Sink[tuple[str, pl.DataFrame]]
+    dead_letters: Sink[DeadLetter]
+    windows: Callable[[Dataflow, Stream[pl.DataFrame]], None] | None = None
+    observer: Observer = field(default_factory=NullObserver)
+
+
+@dataclass(frozen=True)
+class FlowParams:
+    """What the wiring needs from the settings."""
+
+    processor: BatchProcessor
+    partitions: frozenset[str]
+    window_ms: int
+    lateness_ms: int
+    idle_timeout_ms: int
+
+
+def build_flow(params: FlowParams, source: Source[RawBatch], sinks: FlowSinks, flow_id: str = "spanpulse") -> Dataflow:
+    """Build the rollup dataflow; nothing runs until Bytewax runs it."""
+    agg = params.processor.aggregator
+    obs = sinks.observer
+    flow = Dataflow(flow_id)
+    raw = op.input("kafka_in", flow, source)
+    batches = op.map("decode_and_preaggregate", raw, params.processor.process)
+    op.inspect("observe_batch", batches, lambda _s, b: obs.on_batch(b))
+    dead = op.flat_map("dead_letters", batches, lambda b: b.dead_letters)
+    op.output("dead_letter_out", dead, sinks.dead_letters)
+
+    by_partition = op.map("key_by_partition", batches, lambda b: (b.partition_id, b))
+    routed = op.stateful_flat_map("track_partition_progress", by_partition, _TrackStep(params))
+    routed = op.map("drop_partition_key", routed, lambda kv: kv[1])
+    split = op.branch("split_reports", routed, lambda r: r[0] == "report")
+    reports = op.map("key_report", split.trues, lambda r: (r[1], r[2]))
+    other = split.falses
+    late_split = op.branch("split_late", other, lambda r: r[0] == "late")
+    late_rows = op.map("finalize_late", late_split.trues, lambda r: _finalize_late(agg, r))
+    op.inspect("observe_late", late_rows, lambda _s, tr: obs.on_late(tr[1]))
+    partials = op.map("key_partial", late_split.falses, lambda r: (r[1], r[2]))
+
+    closes = op.stateful_flat_map("close_windows", reports, _CloseStep(params, obs))
+    closes = op.map("key_close", closes, lambda kv: kv[1])
+    window_inputs = op.merge("window_inputs", partials, closes)
+    finals = op.stateful_flat_map("merge_windows", window_inputs, _MergeStep(agg))
+    finals = op.map("drop_window_key", finals, lambda kv: kv[1])
+    op.inspect("observe_window", finals, lambda _s, rows: obs.on_window(rows))
+    if sinks.windows is not None:
+        sinks.windows(flow, finals)
+    tagged = op.map("tag_final", finals, lambda rows: ("final", rows))
+    op.output("rollups_out", op.merge("all_rollups", tagged, late_rows), sinks.rollups)
+    return flow
+
+
+@dataclass
+class _TrackStep:
+    params: FlowParams
+
+    def __call__(self, state: PartitionTracker | None, batch: PartialBatch) -> tuple[PartitionTracker, Iterable[Any]]:
+        p = self.params
+        if state is None:
+            state = PartitionTracker(batch.partition_id, p.window_ms, p.lateness_ms, p.idle_timeout_ms)
+        on_time, late, report = state.split(
+            batch.partials, wall_ms=batch.wall_ms, max_event_ms=batch.max_event_ms, eof=batch.eof
+        )
+        out: list[Any] = [("partial", f"w{ws}", frame) for ws, frame in on_time.items()]
+        if not late.is_empty():
+            out.append(("late", f"{batch.partition_id}@{batch.first_offset}", late))
+        out.append(("report", CLOSER_KEY, report))
+        return state, out
+
+
+@dataclass
+class _CloseStep:
+    params: FlowParams
+    observer: Observer
+
+    def __call__(self, state: WindowCloser | None, report: SealReport) -> tuple[WindowCloser, Iterable[Any]]:
+        if state is None:
+            state = WindowCloser(self.params.partitions, self.params.window_ms)
+        orders = state.report(report)
+        self.observer.on_close(state.closed_upto_ms)
+        return state, [(f"w{o.window_start_ms}", o) for o in orders]
+
+
+@dataclass
+class _MergeStep:
+    agg: Aggregator
+
+    def __call__(
+        self, state: WindowState | None, item: pl.DataFrame | CloseOrder
+    ) -> tuple[WindowState | None, Iterable[pl.DataFrame]]:
+        state = state or WindowState()
+        if isinstance(item, CloseOrder):
+            state.expected = item.expected_partials
+        else:
+            state.add(item)
+            if len(state.partials) > COMPACT_AFTER:
+                state.partials = [self.agg.merge(state.partials)]
+        if not state.complete:
+            return state, []
+        rows = self.agg.finalize(self.agg.merge(state.partials))
+        return None, [rows] if not rows.is_empty() else []
+
+
+def _finalize_late(agg: Aggregator, routed: tuple[str, str, pl.DataFrame]) -> tuple[str, pl.DataFrame]:
+    _, origin, frame = routed
+    topic_part, _, offset = origin.partition("@")
+    tag = "late-" + topic_part.replace("#", "-p") + f"-o{offset}"
+    return tag, agg.finalize(agg.merge([frame]), late=True)

@@ -1,0 +1,416 @@
+"""From extracted span values to validated, normalized LLM-call rows, vectorized over a batch.
+
+The decoders (:mod:`.otlp_proto`, :mod:`.otlp_json`, :mod:`.span_json`) only *extract*: one row of
+raw, type-checked values per LLM-call span (:data:`RAW_SCHEMA`).  Everything that can be computed
+column-wise happens here, once per batch, in Polars:
+
+* **Validation** (:func:`reject_reasons`): a span with a bad attribute type, a NaN/inf, negative or
+  absurd (> ``max_tokens``) token counts, a negative cost or TTFT, an end time before
+  ``min_time_ms`` or after ``now + max_future_skew_ms`` (or missing), or an end before its start is
+  rejected on its own; the rest of its message is kept.
+* **Token coalescing**: a missing input or output count is derived from the total when the total
+  and the other side are known.  Input tokens include cached tokens (OTel rule, and what every
+  current instrumentation reports, S15); when a span reports fewer input tokens than its cache
+  read + cache write, it used the raw Anthropic API meaning (input excludes cache) and the cache
+  tokens are added back.  ``cached_input_tokens`` is the cache *read* count; cache writes are only
+  used for cost.
+* **Finish class**: every raw reason is lower-cased and mapped with
+  :data:`~.conventions.FINISH_CLASS_OF`; with several choices the most severe class in
+  ``FINISH_CLASSES`` order wins.  With no reason at all the class is ``error`` for a failed call and
+  ``other`` otherwise, so class counts always add up to calls.  ``finish_reason`` keeps the first
+  raw value.
+* **Flags**: error = status ERROR or ``error.type`` present.  Refusal = any choice classed
+  ``content_filter`` (which includes Anthropic's ``refusal``), ``app.refusal`` true, or a legacy
+  Traceloop ``gen_ai.completion.N.refusal`` key (presence only; its text is never read).  Parse
+  attempt = the parse flag is present; failure = it is false.
+* **De-duplication** within the batch (:func:`deduplicate`): identical (trace_id, span_id) keep the
+  first (``duplicate_span``); identical (provider, ``gen_ai.response.id``) keep the span with the
+  most non-null normalized fields, first on ties (``duplicate_call``, S14: Traceloop plus the
+  Anthropic SDK's native tracing emit one span each for the same call, in *separate* traces).
+  Calls without a response id (e.g. failed calls) cannot be matched and are kept; duplicates split
+  across batches are not detected.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Final
+
+import polars as pl
+
+from spanpulse.schemas.conventions import (
+    FINISH_CLASS_OF,
+    MAX_INDEXED_CHOICES,
+    PROVIDER_ALIASES,
+    Slot,
+    operation_of,
+)
+from spanpulse.schemas.record import FINISH_CLASSES
+
+#: Largest token count a single call may report; above it the span is rejected as absurd.
+MAX_TOKENS_PER_CALL: Final = 10_000_000
+
+_I64_MAX: Final = (1 << 63) - 1
+_NS_PER_MS: Final = 1_000_000
+
+TOKEN_COLUMNS: Final = (
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+)
+DIMENSION_COLUMNS: Final = ("tenant", "service", "environment", "feature", "prompt_version")
+
+#: One row per LLM-call span, as the decoders extract it (values type-checked, not validated).
+RAW_SCHEMA: Final[dict[str, pl.DataType]] = {
+    "msg_index": pl.Int64(),
+    "span_index": pl.Int64(),
+    "trace_id": pl.String(),
+    "span_id": pl.String(),
+    "start_ns": pl.Int64(),
+    "end_ns": pl.Int64(),
+    "status_error": pl.Boolean(),
+    "operation": pl.String(),
+    "provider": pl.String(),
+    "request_model": pl.String(),
+    "response_model": pl.String(),
+    "input_tokens": pl.Int64(),
+    "output_tokens": pl.Int64(),
+    "total_tokens": pl.Int64(),
+    "cache_read_tokens": pl.Int64(),
+    "cache_write_tokens": pl.Int64(),
+    "reasoning_tokens": pl.Int64(),
+    "finish_reasons": pl.List(pl.String()),
+    "response_id": pl.String(),
+    "has_error_type": pl.Boolean(),
+    "ttft_s": pl.Float64(),
+    "span_cost_usd": pl.Float64(),
+    "legacy_refusal": pl.Boolean(),
+    "app_refusal": pl.Boolean(),
+    "parse_ok": pl.Boolean(),
+    "tenant": pl.String(),
+    "service": pl.String(),
+    "environment": pl.String(),
+    "feature": pl.String(),
+    "prompt_version": pl.String(),
+    "bad_reason": pl.String(),
+    "bad_detail": pl.String(),
+}
+
+#: Raw columns safe to echo in a per-span dead letter (ids, dimensions, numbers; never content).
+DEAD_LETTER_FIELDS: Final = (
+    "trace_id",
+    "span_id",
+    "start_ns",
+    "end_ns",
+    "operation",
+    "provider",
+    "request_model",
+    "response_model",
+    *TOKEN_COLUMNS,
+    "finish_reasons",
+    "response_id",
+    "ttft_s",
+    "span_cost_usd",
+    *DIMENSION_COLUMNS,
+)
+
+Row = tuple[object, ...]
+
+
+class SpanRejected(ValueError):
+    """An attribute of an LLM-call span has an unusable value (raised during extraction)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def build_row(
+    vals: list[object],
+    ids: tuple[int, int, str | None, str | None],
+    times: tuple[int, int],
+    status_error: bool,
+    bad: SpanRejected | None,
+) -> Row | str:
+    """Turn one span's extracted slot values into a :data:`RAW_SCHEMA` row, or a skip reason.
+
+    ``ids`` is (msg_index, span_index, trace_id, span_id) and ``times`` (start_ns, end_ns) with 0
+    meaning unset.  Returns ``"not_llm"`` for spans without an LLM operation and ``"no_model"``
+    for LLM operations without any model; those spans are counted, not decoded further.
+    """
+    provider = vals[Slot.PROVIDER]
+    operation = operation_of(
+        vals[Slot.OPERATION], vals[Slot.REQUEST_TYPE], vals[Slot.OPENINFERENCE_KIND], provider
+    )
+    if operation is None:
+        return "not_llm"
+    request_model = vals[Slot.REQUEST_MODEL]
+    if request_model is None and vals[Slot.INVOCATION_PARAMETERS] is not None:
+        request_model = _model_from_invocation_parameters(vals[Slot.INVOCATION_PARAMETERS])
+    if request_model is None and vals[Slot.RESPONSE_MODEL] is None and bad is None:
+        return "no_model"
+    start_ns, end_ns = times
+    return (
+        *ids,
+        start_ns if 0 < start_ns <= _I64_MAX else None,
+        end_ns if 0 < end_ns <= _I64_MAX else None,
+        status_error,
+        operation,
+        provider,
+        request_model,
+        vals[Slot.RESPONSE_MODEL],
+        vals[Slot.INPUT_TOKENS],
+        vals[Slot.OUTPUT_TOKENS],
+        vals[Slot.TOTAL_TOKENS],
+        vals[Slot.CACHE_READ],
+        vals[Slot.CACHE_WRITE],
+        vals[Slot.REASONING],
+        _finish_reasons(vals),
+        vals[Slot.RESPONSE_ID],
+        vals[Slot.ERROR_TYPE] is not None,
+        vals[Slot.TTFT],
+        vals[Slot.COST],
+        vals[Slot.LEGACY_REFUSAL] is not None,
+        vals[Slot.APP_REFUSAL],
+        vals[Slot.PARSE_OK],
+        vals[Slot.TENANT],
+        vals[Slot.SERVICE],
+        vals[Slot.ENVIRONMENT],
+        vals[Slot.FEATURE],
+        vals[Slot.PROMPT_VERSION],
+        None if bad is None else bad.reason,
+        None if bad is None else bad.detail,
+    )
+
+
+def _finish_reasons(vals: list[object]) -> object:
+    listed = vals[Slot.FINISH_LIST]
+    if listed is not None:
+        return listed
+    first = int(Slot.FINISH_INDEXED)
+    indexed = [v for v in vals[first : first + MAX_INDEXED_CHOICES] if v is not None]
+    if indexed:
+        return indexed
+    scalar = vals[Slot.FINISH_SCALAR]
+    return None if scalar is None else [scalar]
+
+
+def _model_from_invocation_parameters(raw: object) -> str | None:
+    """Read the ``"model"`` key of OpenInference's ``llm.invocation_parameters`` JSON (S9)."""
+    if not isinstance(raw, str) or '"model"' not in raw:
+        return None
+    try:
+        params = json.loads(raw)
+    except ValueError:
+        return None
+    model = params.get("model") if isinstance(params, dict) else None
+    return model if isinstance(model, str) and model else None
+
+
+def raw_frame(rows: Sequence[Row]) -> pl.DataFrame:
+    """Build the batch's raw frame from extracted rows (one transpose, one Series per column)."""
+    if not rows:
+        return pl.DataFrame(schema=RAW_SCHEMA)
+    columns = list(zip(*rows, strict=True))
+    return pl.DataFrame(
+        [
+            pl.Series(name, col, dtype=dtype, strict=False)
+            for (name, dtype), col in zip(RAW_SCHEMA.items(), columns, strict=True)
+        ]
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation.
+
+_REASON_DETAILS: Final[dict[str, str]] = {
+    "non_finite_value": "a numeric attribute (ttft or cost) is NaN or infinite",
+    "negative_tokens": "a token count is negative",
+    "absurd_tokens": "a token count exceeds the per-call maximum",
+    "negative_cost": "the span-reported cost is negative",
+    "negative_duration": "the time to first token is negative",
+    "timestamp_out_of_range": "the span end time is missing, before the minimum time or too far "
+    "in the future",
+    "end_before_start": "the span ends before it starts",
+}
+
+
+def reject_reasons(
+    now_ms: int,
+    min_time_ms: int,
+    max_future_skew_ms: int,
+    max_tokens: int = MAX_TOKENS_PER_CALL,
+) -> tuple[pl.Expr, pl.Expr]:
+    """Return (reason, detail) expressions over a raw frame; reason is null for a valid span."""
+    tokens = [pl.col(c) for c in TOKEN_COLUMNS]
+    numeric = [pl.col("ttft_s"), pl.col("span_cost_usd")]
+    end = pl.col("end_ns")
+    lo_ns, hi_ns = min_time_ms * _NS_PER_MS, (now_ms + max_future_skew_ms) * _NS_PER_MS
+    reason = (
+        pl.when(pl.col("bad_reason").is_not_null())
+        .then(pl.col("bad_reason"))
+        .when(pl.any_horizontal([c.is_nan() | c.is_infinite() for c in numeric]))
+        .then(pl.lit("non_finite_value"))
+        .when(pl.any_horizontal([c < 0 for c in tokens]))
+        .then(pl.lit("negative_tokens"))
+        .when(pl.any_horizontal([c > max_tokens for c in tokens]))
+        .then(pl.lit("absurd_tokens"))
+        .when(pl.col("span_cost_usd") < 0)
+        .then(pl.lit("negative_cost"))
+        .when(pl.col("ttft_s") < 0)
+        .then(pl.lit("negative_duration"))
+        .when(end.is_null() | (end < lo_ns) | (end > hi_ns))
+        .then(pl.lit("timestamp_out_of_range"))
+        .when(end < pl.col("start_ns"))
+        .then(pl.lit("end_before_start"))
+    )
+    detail = (
+        pl.when(pl.col("bad_reason").is_not_null())
+        .then(pl.col("bad_detail"))
+        .otherwise(reason.replace_strict(_REASON_DETAILS, default=None, return_dtype=pl.String))
+    )
+    return reason, detail
+
+
+# ----------------------------------------------------------------------------------------------
+# Normalization.
+
+_CLASS_RANK: Final[dict[str, int]] = {c: i for i, c in enumerate(FINISH_CLASSES)}
+_RANK_CLASS: Final[dict[int, str]] = dict(enumerate(FINISH_CLASSES))
+
+
+def _clean_str(name: str) -> pl.Expr:
+    """Strip a string column and turn empty strings into null (a blank tenant is no tenant)."""
+    s = pl.col(name).str.strip_chars()
+    return pl.when(s.str.len_bytes() > 0).then(s).alias(name)
+
+
+def _provider() -> pl.Expr:
+    low = pl.col("provider").str.strip_chars().str.to_lowercase()
+    canonical = low.replace(PROVIDER_ALIASES)
+    return pl.when(low.str.len_bytes() > 0).then(canonical).alias("provider")
+
+
+def _tokens() -> list[pl.Expr]:
+    inp, out, total = pl.col("input_tokens"), pl.col("output_tokens"), pl.col("total_tokens")
+    inp2 = pl.coalesce(inp, pl.when(total - out >= 0).then(total - out))
+    out2 = pl.coalesce(out, pl.when(total - inp >= 0).then(total - inp))
+    cache = pl.col("cache_read_tokens").fill_null(0) + pl.col("cache_write_tokens").fill_null(0)
+    inp3 = pl.when(inp2 < cache).then(inp2 + cache).otherwise(inp2)
+    return [inp3.alias("input_tokens"), out2.alias("output_tokens")]
+
+
+def _finish() -> list[pl.Expr]:
+    classes = pl.col("finish_reasons").list.eval(
+        pl.element()
+        .str.strip_chars()
+        .str.to_lowercase()
+        .replace_strict(FINISH_CLASS_OF, default="other", return_dtype=pl.String)
+    )
+    rank = classes.list.eval(
+        pl.element().replace_strict(_CLASS_RANK, return_dtype=pl.Int8)
+    ).list.min()
+    is_error = pl.col("status_error").fill_null(False) | pl.col("has_error_type").fill_null(False)
+    finish_class = (
+        pl.when(rank.is_not_null())
+        .then(rank.replace_strict(_RANK_CLASS, default=None, return_dtype=pl.String))
+        .when(is_error)
+        .then(pl.lit("error"))
+        .otherwise(pl.lit("other"))
+    )
+    refusal = (
+        classes.list.contains("content_filter").fill_null(False)
+        | pl.col("app_refusal").fill_null(False)
+        | pl.col("legacy_refusal").fill_null(False)
+    )
+    return [
+        pl.col("finish_reasons").list.first().alias("finish_reason"),
+        finish_class.alias("finish_class"),
+        is_error.alias("is_error"),
+        refusal.alias("is_refusal"),
+        pl.col("parse_ok").is_not_null().alias("parse_attempt"),
+        (pl.col("parse_ok") == pl.lit(False)).fill_null(False).alias("parse_failure"),
+    ]
+
+
+def normalize(valid: pl.DataFrame) -> pl.DataFrame:
+    """Normalize validated raw rows: record columns plus ``cache_write_tokens``/``response_id``.
+
+    Cost and context window are added later by :class:`~.pricing.Pricing`.
+    """
+    first = valid.with_columns(
+        _provider(),
+        *[_clean_str(c) for c in (*DIMENSION_COLUMNS, "request_model", "response_model")],
+        *_tokens(),
+    )
+    return first.select(
+        (pl.col("end_ns") // _NS_PER_MS).alias("end_time_ms"),
+        "trace_id",
+        "span_id",
+        *DIMENSION_COLUMNS,
+        "provider",
+        pl.coalesce("request_model", "response_model").alias("model"),
+        "response_model",
+        "operation",
+        "input_tokens",
+        "output_tokens",
+        pl.col("cache_read_tokens").alias("cached_input_tokens"),
+        "reasoning_tokens",
+        *_finish(),
+        ((pl.col("end_ns") - pl.col("start_ns")) / 1e9).alias("latency_s"),
+        "ttft_s",
+        "span_cost_usd",
+        "cache_write_tokens",
+        "response_id",
+    )
+
+
+#: Normalized fields counted to decide which of two duplicate-call spans is more complete.
+_COMPLETENESS_FIELDS: Final = (
+    "tenant",
+    "service",
+    "environment",
+    "feature",
+    "prompt_version",
+    "model",
+    "response_model",
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "reasoning_tokens",
+    "finish_reason",
+    "latency_s",
+    "ttft_s",
+    "span_cost_usd",
+    "cache_write_tokens",
+)
+
+
+def deduplicate(df: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, int]]:
+    """Drop duplicate spans and duplicate calls within one batch; return kept rows and counts."""
+    ids_known = pl.col("trace_id").is_not_null() & pl.col("span_id").is_not_null()
+    first_span = ~ids_known | pl.struct("trace_id", "span_id").is_first_distinct()
+    df = df.with_row_index("_row").with_columns(first_span.alias("_first_span"))
+    dup_spans = df.height - int(df["_first_span"].sum())
+    df = df.filter(pl.col("_first_span"))
+    key = ["provider", "response_id"]
+    completeness = pl.sum_horizontal([pl.col(c).is_not_null() for c in _COMPLETENESS_FIELDS])
+    best = (
+        pl.col("_row")
+        .sort_by([pl.col("_completeness"), pl.col("_row")], descending=[True, False])
+        .first()
+        .over(key)
+    )
+    keyed = pl.col("provider").is_not_null() & pl.col("response_id").is_not_null()
+    kept = (
+        df.with_columns(completeness.alias("_completeness"))
+        .with_columns((~keyed | (pl.col("_row") == best)).alias("_keep"))
+        .filter(pl.col("_keep"))
+    )
+    counts = {"duplicate_span": dup_spans, "duplicate_call": df.height - kept.height}
+    return kept.drop("_row", "_first_span", "_completeness", "_keep"), counts
