@@ -80,6 +80,9 @@ def build_job(settings: Settings, *, bounded: bool = False, registry: CollectorR
         window_ms=settings.window.length_ms,
         lateness_ms=settings.window.allowed_lateness_ms,
         idle_timeout_ms=settings.window.idle_timeout_ms,
+        grains=tuple(g.dims for g in settings.rollups.grains),
+        cardinality_limits=dict(settings.cardinality.limits),
+        series_limit=settings.cardinality.series_limit,
     )
     sinks = FlowSinks(
         rollups=RollupSink(RollupWriter(Path(settings.rollups.output_dir))),
@@ -89,6 +92,9 @@ def build_job(settings: Settings, *, bounded: bool = False, registry: CollectorR
     return Job(build_flow(params, source, sinks), observer, registry, source)
 
 
-def get_flow(config_path: str) -> Dataflow:
-    """Entry point for ``python -m bytewax.run "spanpulse.flows.job:get_flow('spanpulse.toml')"``."""
-    return build_job(load(Path(config_path))).flow
+def get_flow(config_path: str, until_caught_up: bool = False) -> Dataflow:
+    """Entry point for ``python -m bytewax.run "spanpulse.flows.job:get_flow('spanpulse.toml')"``.
+
+    With ``until_caught_up=True`` every process stops at the end offsets it saw at start.
+    """
+    return build_job(load(Path(config_path)), bounded=until_caught_up).flow

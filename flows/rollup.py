@@ -9,7 +9,7 @@ finalize).  See ``schemas/progress.py`` for why windows are keyed by window rath
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -21,6 +21,7 @@ from bytewax.outputs import Sink
 
 from spanpulse.schemas.aggregate import Aggregator
 from spanpulse.schemas.batch import BatchProcessor, PartialBatch, RawBatch
+from spanpulse.schemas.cardinality import CardinalityLimiter
 from spanpulse.schemas.progress import CloseOrder, PartitionTracker, SealReport, WindowCloser, WindowState
 
 if TYPE_CHECKING:
@@ -46,6 +47,9 @@ class Observer(Protocol):
     def on_close(self, closed_upto_ms: int | None) -> None:
         """Report the global sealed point."""
 
+    def on_rollup(self, rows: pl.DataFrame) -> None:
+        """Account cardinality-limited rows of one grain (what Prometheus may see)."""
+
 
 class NullObserver:
     """Observer that ignores everything."""
@@ -60,6 +64,9 @@ class NullObserver:
         """Ignore."""
 
     def on_close(self, closed_upto_ms: int | None) -> None:
+        """Ignore."""
+
+    def on_rollup(self, rows: pl.DataFrame) -> None:
         """Ignore."""
 
 
@@ -82,6 +89,9 @@ class FlowParams:
     window_ms: int
     lateness_ms: int
     idle_timeout_ms: int
+    grains: tuple[tuple[str, ...], ...]
+    cardinality_limits: Mapping[str, int] = field(default_factory=dict)
+    series_limit: int = 5000
 
 
 def build_flow(params: FlowParams, source: Source[RawBatch], sinks: FlowSinks, flow_id: str = "spanpulse") -> Dataflow:
@@ -112,10 +122,19 @@ def build_flow(params: FlowParams, source: Source[RawBatch], sinks: FlowSinks, f
     finals = op.stateful_flat_map("merge_windows", window_inputs, _MergeStep(agg))
     finals = op.map("drop_window_key", finals, lambda kv: kv[1])
     op.inspect("observe_window", finals, lambda _s, rows: obs.on_window(rows))
-    if sinks.windows is not None:
-        sinks.windows(flow, finals)
+
     tagged = op.map("tag_final", finals, lambda rows: ("final", rows))
-    op.output("rollups_out", op.merge("all_rollups", tagged, late_rows), sinks.rollups)
+    all_rows = op.merge("final_and_late", tagged, late_rows)
+    by_grain = op.flat_map("split_by_grain", all_rows, _split_by_grain)
+    limited = op.stateful_map("limit_cardinality", by_grain, _LimitStep(params))
+    limited = op.map("drop_grain_key", limited, lambda kv: kv[1])
+    op.inspect("observe_rollup", limited, lambda _s, tr: obs.on_rollup(tr[1]))
+    op.output("rollups_out", limited, sinks.rollups)
+    if sinks.windows is not None:
+        on_time = op.filter("on_time_only", limited, lambda tr: tr[0] == "final")
+        keyed = op.map("key_grain_by_window", on_time, _key_by_window)
+        windows = op.stateful_flat_map("assemble_window", keyed, _AssembleStep(len(params.grains)))
+        sinks.windows(flow, op.map("drop_assembled_key", windows, lambda kv: kv[1]))
     return flow
 
 
@@ -175,3 +194,41 @@ def _finalize_late(agg: Aggregator, routed: tuple[str, str, pl.DataFrame]) -> tu
     topic_part, _, offset = origin.partition("@")
     tag = "late-" + topic_part.replace("#", "-p") + f"-o{offset}"
     return tag, agg.finalize(agg.merge([frame]), late=True)
+
+
+def _split_by_grain(tagged: tuple[str, pl.DataFrame]) -> list[tuple[str, tuple[str, pl.DataFrame]]]:
+    tag, rows = tagged
+    return [(str(g), (tag, part)) for (g,), part in rows.group_by("grain", maintain_order=True)]
+
+
+@dataclass
+class _LimitStep:
+    params: FlowParams
+
+    def __call__(
+        self, state: CardinalityLimiter | None, item: tuple[str, pl.DataFrame]
+    ) -> tuple[CardinalityLimiter | None, tuple[str, pl.DataFrame]]:
+        tag, rows = item
+        if state is None:
+            grain = str(rows["grain"][0])
+            dims = next(d for d in self.params.grains if ".".join(d) == grain)
+            state = CardinalityLimiter(dims, self.params.cardinality_limits, self.params.series_limit)
+        return state, (tag, state.apply(rows))
+
+
+def _key_by_window(tagged: tuple[str, pl.DataFrame]) -> tuple[str, pl.DataFrame]:
+    rows = tagged[1]
+    return f"w{rows['window_start'][0].isoformat()}", rows
+
+
+@dataclass
+class _AssembleStep:
+    grains: int
+
+    def __call__(
+        self, state: list[pl.DataFrame] | None, rows: pl.DataFrame
+    ) -> tuple[list[pl.DataFrame] | None, list[pl.DataFrame]]:
+        parts = [*(state or []), rows]
+        if len(parts) < self.grains:
+            return parts, []
+        return None, [pl.concat(parts, how="vertical_relaxed")]

@@ -92,10 +92,14 @@ class MetricsObserver:
             first = rows.filter(pl.col("grain") == rows["grain"][0])
             self.stats.rolled_up_calls += int(first["calls"].sum())
         if self.metrics is not None:
-            self.metrics.observe_rollup(rows)
             end = rows["window_end"].max()
             if end is not None:
                 self.metrics.set_window_lag(max(0.0, self.clock() - end.timestamp()))  # type: ignore[union-attr]
+
+    def on_rollup(self, rows: pl.DataFrame) -> None:
+        """Export the LLM signals of cardinality-limited on-time rows (bounded labels only)."""
+        if self.metrics is not None and not rows.is_empty() and not rows["late"].any():
+            self.metrics.observe_rollup(rows)
 
     def on_late(self, rows: pl.DataFrame) -> None:
         """Count late calls (their rows are written with ``late = true``)."""

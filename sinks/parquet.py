@@ -21,19 +21,17 @@ import re
 import threading
 from datetime import datetime
 from pathlib import Path
-from typing import Final
+from typing import Final, Literal, cast, get_args
 
 import polars as pl
-
 from spanpulse.schemas.record import DIMENSIONS
 from spanpulse.schemas.rollup_schema import ROLLUP_SCHEMA, conform_rollups
 
 __all__ = ["COMPRESSIONS", "ROLLUP_SCHEMA", "RollupWriter", "rollup_path"]
 
+Compression = Literal["uncompressed", "snappy", "gzip", "brotli", "lz4", "zstd"]
 #: Compression codecs accepted by Polars' Parquet writer.
-COMPRESSIONS: Final = frozenset(
-    {"uncompressed", "snappy", "gzip", "lzo", "brotli", "lz4", "zstd"}
-)
+COMPRESSIONS: Final = frozenset(get_args(Compression))
 
 _SAFE: Final = re.compile(r"[A-Za-z0-9._-]+")
 _SORT_KEYS: Final = ("grain", *DIMENSIONS, "late")
@@ -71,7 +69,7 @@ def _window_start(rows: pl.DataFrame) -> datetime:
     """Return the single window start of ``rows``; several windows in one call are a caller bug."""
     starts = rows.get_column("window_start").unique()
     if starts.len() != 1 or starts.null_count():
-        msg = f"write_window expects rows of exactly one window, got window_start values {starts.to_list()}"
+        msg = f"write_window expects rows of one window, got window_start values {starts.to_list()}"
         raise ValueError(msg)
     value = starts.item()
     assert isinstance(value, datetime)
@@ -91,7 +89,7 @@ class RollupWriter:
             msg = f"compression {compression!r} is not supported; use one of {sorted(COMPRESSIONS)}"
             raise ValueError(msg)
         self.root = Path(root)
-        self.compression = compression
+        self.compression = cast(Compression, compression)
 
     def write_window(self, rows: pl.DataFrame, *, tag: str = "final") -> list[Path]:
         """Write ``rows`` (one window, any grains) and return the files written, by grain.

@@ -19,7 +19,6 @@ from typing import Any, Final, TextIO
 
 import duckdb
 import polars as pl
-
 from spanpulse.schemas.histogram import DUCKDB_MACROS, HIST_DTYPE, RELATIVE_ERROR
 from spanpulse.schemas.record import DIMENSIONS
 from spanpulse.schemas.rollup_schema import ADDITIVE_COLUMNS, HIST_COLUMNS, ROLLUP_SCHEMA
@@ -54,7 +53,7 @@ CREATE OR REPLACE MACRO hist_compact(h) AS (
     SELECT CAST(coalesce(list({{'b': b, 'n': n}} ORDER BY b), []) AS {_HIST_SQL})
     FROM (SELECT c.b AS b, CAST(sum(c.n) AS BIGINT) AS n FROM (SELECT unnest(h) AS c) GROUP BY c.b)
 );
-"""
+"""  # noqa: S608 -- constant SQL, no user input
 
 #: Every view and macro ``connect`` creates, with the one-line description ``.views`` prints.
 VIEWS: Final = {
@@ -95,7 +94,7 @@ def _contract_select(source: str) -> str:
 
 
 def _rollups_view_sql(rollup_dir: Path, late_included: bool) -> str:
-    """SQL of the ``rollups`` view: the Parquet tree, or an empty typed relation if no files."""
+    """Build the ``rollups`` view over the Parquet tree, or an empty typed one without files."""
     where = "" if late_included else "\nWHERE NOT late"
     if not _has_rollup_files(rollup_dir):
         nulls = {name: "NULL" for name in (*_CONTRACT_TYPES, *_PARTITION_TYPES)}
@@ -126,7 +125,7 @@ SELECT time_bucket(INTERVAL '1 hour', window_start) AS hour_start, grain, {dims}
        {", ".join(sums)},
        {", ".join(hists)}
 FROM rollups
-GROUP BY hour_start, grain, {dims}"""
+GROUP BY hour_start, grain, {dims}"""  # noqa: S608 -- names come from the schema
 
 
 _RANGE: Final = (
@@ -164,13 +163,13 @@ SELECT feature, prompt_version, CAST(sum(calls) AS BIGINT) AS calls,
        hist_quantile(hist_merge(list(output_tokens_hist)), q) AS output_tokens_q
 FROM rollups WHERE grain = 'feature.prompt_version' AND {_RANGE}
 GROUP BY feature, prompt_version ORDER BY feature, prompt_version;
-"""
+"""  # noqa: S608 -- constant SQL, no user input
 
 
 def create_views(
     con: duckdb.DuckDBPyConnection, rollup_dir: Path, *, late_included: bool = True
 ) -> None:
-    """(Re-)create the views over ``rollup_dir``; call again once files exist after an empty start."""
+    """(Re-)create the views over ``rollup_dir``; call again once files exist after an empty one."""
     con.execute(f"SET VARIABLE {_DIR_VARIABLE} = {_sql_string(str(rollup_dir))}")
     con.execute(f"SET VARIABLE {_LATE_VARIABLE} = {'true' if late_included else 'false'}")
     con.execute(_rollups_view_sql(Path(rollup_dir), late_included))
@@ -229,9 +228,7 @@ def _clip(text: str, max_width: int) -> str:
     return text if len(text) <= max_width else text[: max(max_width - 1, 0)] + "…"
 
 
-def format_table(
-    columns: Sequence[str], rows: Sequence[Sequence[Any]], max_width: int = 40
-) -> str:
+def format_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], max_width: int = 40) -> str:
     """Render rows as a plain-text table (numbers right-aligned, long cells cut with ``…``)."""
     if not columns:
         return "OK"
@@ -301,7 +298,7 @@ def _command(con: duckdb.DuckDBPyConnection, command: str, stdout: TextIO) -> bo
 
 
 def interactive(con: duckdb.DuckDBPyConnection, stdin: TextIO, stdout: TextIO) -> int:
-    """A minimal SQL REPL: statements end with ``;``; returns 1 if any statement failed, else 0.
+    """Run a minimal SQL REPL: statements end with ``;``; return 1 if any statement failed, else 0.
 
     Errors are printed as one line and the loop continues, so a script piped in runs to the end.
     """

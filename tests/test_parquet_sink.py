@@ -9,7 +9,6 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
-
 from spanpulse.schemas.histogram import HIST_DTYPE, bucket_of
 from spanpulse.schemas.record import DIMENSIONS
 from spanpulse.schemas.rollup_schema import ADDITIVE_COLUMNS, HIST_COLUMNS, ROLLUP_SCHEMA
@@ -51,9 +50,7 @@ def make_rows(
     for col in HIST_COLUMNS:
         data[col] = [[{"b": bucket_of(10.0 * (i + 1)), "n": i + 1}] for i in range(n)]
     data["exemplar_trace_ids"] = [[f"t{i}"] for i in range(n)]
-    return pl.DataFrame(data).select(
-        pl.col(c).cast(t) for c, t in ROLLUP_SCHEMA.items()
-    )
+    return pl.DataFrame(data).select(pl.col(c).cast(t) for c, t in ROLLUP_SCHEMA.items())
 
 
 def test_schema_is_the_contract() -> None:

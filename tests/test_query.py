@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-
 from spanpulse.schemas.histogram import (
     HIST_DTYPE,
     RELATIVE_ERROR,
@@ -77,7 +76,9 @@ def build_rollups(records: pl.DataFrame, *, late: bool = False) -> pl.DataFrame:
             *(hist_agg(h) for h in HISTS),
             pl.col("trace_id").sort().head(3).alias("exemplar_trace_ids"),
         )
-        frames.append(agg.with_columns(*(hist_finish(h) for h in HISTS), pl.lit(grain).alias("grain")))
+        frames.append(
+            agg.with_columns(*(hist_finish(h) for h in HISTS), pl.lit(grain).alias("grain"))
+        )
     df = pl.concat(frames, how="diagonal_relaxed").with_columns(
         (pl.col("window_start") + WINDOW).alias("window_end"),
         pl.lit(late).alias("late"),
@@ -121,7 +122,8 @@ def test_cost_per_tenant_per_hour(dataset: tuple[Path, pl.DataFrame, pl.DataFram
         .sort("hour", "tenant")
     )
     want = [
-        (h, t, c, n, n / 1e9) for h, t, c, n in expected.select("hour", "tenant", "calls", "cost_nanos").rows()
+        (h, t, c, n, n / 1e9)
+        for h, t, c, n in expected.select("hour", "tenant", "calls", "cost_nanos").rows()
     ]
     con = connect(root)
     sql = """
@@ -129,9 +131,7 @@ def test_cost_per_tenant_per_hour(dataset: tuple[Path, pl.DataFrame, pl.DataFram
                sum(calls) AS calls, sum(cost_nanos) AS cost_nanos, sum(cost_nanos) / 1e9 AS cost_usd
         FROM rollups WHERE grain = 'tenant' GROUP BY ALL ORDER BY hour, tenant"""
     assert run_query(con, sql)[1] == want
-    cols, rows = run_query(
-        con, "SELECT * FROM cost_by_tenant_hourly('2024-05-01', '2024-05-03')"
-    )
+    cols, rows = run_query(con, "SELECT * FROM cost_by_tenant_hourly('2024-05-01', '2024-05-03')")
     assert cols == ["hour_start", "tenant", "calls", "cost_nanos", "cost_usd", "unpriced_calls"]
     assert [r[:5] for r in rows] == want
     unpriced = pl.concat([on_time, late])["cost_nanos"].null_count()
@@ -216,7 +216,9 @@ def test_hourly_view_merges_histograms(dataset: tuple[Path, pl.DataFrame, pl.Dat
         assert buckets == sorted(set(buckets))  # compacted: one cell per bucket
 
 
-def test_view_exposes_exactly_the_contract(dataset: tuple[Path, pl.DataFrame, pl.DataFrame]) -> None:
+def test_view_exposes_exactly_the_contract(
+    dataset: tuple[Path, pl.DataFrame, pl.DataFrame],
+) -> None:
     root = dataset[0]
     described = run_query(connect(root), "DESCRIBE rollups")[1]
     empty = run_query(connect(root / "missing"), "DESCRIBE rollups")[1]
@@ -245,7 +247,9 @@ def test_overwriting_a_window_does_not_duplicate(tmp_path: Path) -> None:
     rollups = build_rollups(records)
     write(tmp_path, rollups)
     write(tmp_path, rollups)  # replay
-    rows = run_query(connect(tmp_path), "SELECT grain, sum(calls) FROM rollups GROUP BY 1 ORDER BY 1")[1]
+    rows = run_query(
+        connect(tmp_path), "SELECT grain, sum(calls) FROM rollups GROUP BY 1 ORDER BY 1"
+    )[1]
     assert rows == [(g, 500) for g in sorted(GRAINS)]
 
 

@@ -1,0 +1,93 @@
+"""Config loading: defaults, env overrides, and one-line errors for every invalid case."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from spanpulse.config import ConfigError, DEFAULT_GRAINS, apply_env, from_mapping, load
+
+CASES = tomllib.loads((Path(__file__).parent / "testdata" / "config_cases.toml").read_text())["case"]
+
+
+def test_defaults_are_valid_and_documented_values():
+    s = from_mapping({})
+    assert s.inputs[0].topic == "otlp_spans" and s.inputs[0].encoding == "otlp_proto"
+    assert s.window.length_ms == 60_000
+    assert s.rollups.grains == DEFAULT_GRAINS
+    assert [g.name for g in s.rollups.grains] == ["tenant", "tenant.model", "model", "feature.prompt_version"]
+    assert s.kafka.alert_topic == "spanpulse.alerts"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_invalid_config_gives_one_line_error_naming_the_key(case, tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(case["toml"].replace("\\n", "\n"))
+    with pytest.raises(ConfigError) as info:
+        load(path, environ={})
+    message = str(info.value)
+    assert case["error"] in message
+    assert "\n" not in message
+
+
+def test_env_overrides_nested_keys_and_types():
+    raw = apply_env({"window": {"length": "1m"}}, {
+        "SPANPULSE_WINDOW__LENGTH": "5m",
+        "SPANPULSE_KAFKA__BATCH_SIZE": "100",
+        "SPANPULSE_KAFKA__BOOTSTRAP_SERVERS": "b1:9092,b2:9092",
+        "UNRELATED": "x",
+    })
+    s = from_mapping(raw)
+    assert s.window.length_ms == 300_000
+    assert s.kafka.batch_size == 100
+    assert s.kafka.bootstrap_servers == "b1:9092,b2:9092"
+
+
+def test_secrets_resolve_from_env_and_file_and_are_never_echoed(tmp_path):
+    secret_file = tmp_path / "pw"
+    secret_file.write_text("s3cr3t-from-file\n")
+    s = from_mapping({"kafka": {"properties": {
+        "sasl.password": f"file:{secret_file}", "sasl.username": "env:SP_TEST_USER"}}})
+    import os
+
+    os.environ["SP_TEST_USER"] = "alice"
+    try:
+        conf = s.kafka.client_config()
+    finally:
+        del os.environ["SP_TEST_USER"]
+    assert conf["sasl.password"] == "s3cr3t-from-file"
+    assert conf["sasl.username"] == "alice"
+    with pytest.raises(ConfigError) as info:
+        from_mapping({"kafka": {"properties": {"sasl.password": "env:SP_MISSING_VAR"}}}).kafka.client_config()
+    assert "SP_MISSING_VAR is not set" in str(info.value)
+
+
+def test_missing_file_and_bad_toml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load(tmp_path / "nope.toml", environ={})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[window\nlength=")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load(bad, environ={})
+
+
+def test_cli_reports_config_error_in_one_line_without_traceback(tmp_path):
+    bad = tmp_path / "c.toml"
+    bad.write_text('[window]\nlength = "soon"\n')
+    proc = subprocess.run([sys.executable, "-m", "spanpulse.cli", "run", "--config", str(bad)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "window.length" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_rejects_bad_flag_in_one_line():
+    proc = subprocess.run([sys.executable, "-m", "spanpulse.cli", "run", "--workers", "zero"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "--workers" in proc.stderr
