@@ -256,7 +256,7 @@ def generate_to_kafka(args: argparse.Namespace, client: dict[str, str]) -> dict[
 
         start = args.start or (datetime.now(UTC) - timedelta(seconds=args.duration))
         model = TrafficModel(seed=args.seed, tenants=args.tenants, rate_per_s=args.rate)
-        chunks = model.calls_chunks(int(start.timestamp() * 1000), args.duration, chunk_s=60.0)
+        chunks = model.iter_calls(int(start.timestamp() * 1000), args.duration, chunk_s=60.0)
     else:
         chunks = scenario.calls_chunks(60.0)
         if args.labels_out:

@@ -59,6 +59,7 @@ def run_demo(args: argparse.Namespace) -> int:
         bad = BulkProducer(client)
         bad.send("otlp_spans", [b"\x0a\xff\xff garbage", b"", b"{not protobuf"])
         bad.flush()
+        del bad  # release the client before the broker goes away (no reconnect noise)
         say(f"produced {counts['calls']} LLM calls in {counts['messages']} OTLP messages "
             f"(+3 malformed) covering {args.duration / 60:.0f} simulated minutes")
         settings = from_mapping({

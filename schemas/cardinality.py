@@ -40,6 +40,7 @@ from spanpulse.schemas.rollup_schema import (
     HIST_COLUMNS,
     ROLLUP_SCHEMA,
     conform_rollups,
+    cost_usd_expr,
 )
 
 __all__ = ["CardinalityLimiter"]
@@ -389,9 +390,7 @@ def _merge_rows(keyed: pl.DataFrame, max_exemplars: int) -> pl.DataFrame:
         exemplars.unique(maintain_order=True).head(max_exemplars).alias("exemplar_trace_ids"),
     )
     hists = merge_hist_frame(keyed, _KEY, list(HIST_COLUMNS))
-    merged = sums.join(hists, on=_KEY, how="left").with_columns(
-        (pl.col("cost_nanos") / 1e9).alias("cost_usd")
-    )
+    merged = sums.join(hists, on=_KEY, how="left").with_columns(cost_usd_expr())
     return merged.select(pl.col(c).cast(t) for c, t in ROLLUP_SCHEMA.items())
 
 

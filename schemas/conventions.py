@@ -37,6 +37,7 @@ start is used.  Traceloop only records TTFT as a metric, so its spans have none.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from enum import IntEnum
 from typing import Final
 
@@ -259,6 +260,7 @@ OPENINFERENCE_LLM_KIND: Final = "LLM"
 OPENINFERENCE_OPERATION: Final = "chat"
 
 
+@lru_cache(maxsize=1024)
 def operation_of(op: object, request_type: object, oi_kind: object, provider: object) -> str | None:
     """Return the normalized LLM operation of a span, or None when it is not an LLM call.
 

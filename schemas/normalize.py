@@ -48,6 +48,9 @@ from spanpulse.schemas.conventions import (
 )
 from spanpulse.schemas.record import FINISH_CLASSES
 
+#: Joins several raw finish reasons in one string column (cheaper to build than a List column).
+FINISH_SEPARATOR: Final = "\x1f"
+
 #: Largest token count a single call may report; above it the span is rejected as absurd.
 MAX_TOKENS_PER_CALL: Final = 10_000_000
 
@@ -83,7 +86,7 @@ RAW_SCHEMA: Final[dict[str, pl.DataType]] = {
     "cache_read_tokens": pl.Int64(),
     "cache_write_tokens": pl.Int64(),
     "reasoning_tokens": pl.Int64(),
-    "finish_reasons": pl.List(pl.String()),
+    "finish_reasons": pl.String(),  # raw reasons joined with FINISH_SEPARATOR
     "response_id": pl.String(),
     "has_error_type": pl.Boolean(),
     "ttft_s": pl.Float64(),
@@ -191,13 +194,12 @@ def build_row(
 def _finish_reasons(vals: list[object]) -> object:
     listed = vals[Slot.FINISH_LIST]
     if listed is not None:
-        return listed
+        return FINISH_SEPARATOR.join(listed)  # type: ignore[arg-type]
     first = int(Slot.FINISH_INDEXED)
-    indexed = [v for v in vals[first : first + MAX_INDEXED_CHOICES] if v is not None]
+    indexed = [str(v) for v in vals[first : first + MAX_INDEXED_CHOICES] if v is not None]
     if indexed:
-        return indexed
-    scalar = vals[Slot.FINISH_SCALAR]
-    return None if scalar is None else [scalar]
+        return FINISH_SEPARATOR.join(indexed)
+    return vals[Slot.FINISH_SCALAR]
 
 
 def _model_from_invocation_parameters(raw: object) -> str | None:
@@ -306,7 +308,8 @@ def _tokens() -> list[pl.Expr]:
 
 
 def _finish() -> list[pl.Expr]:
-    classes = pl.col("finish_reasons").list.eval(
+    reasons = pl.col("finish_reasons").str.split(FINISH_SEPARATOR)
+    classes = reasons.list.eval(
         pl.element()
         .str.strip_chars()
         .str.to_lowercase()
@@ -329,7 +332,7 @@ def _finish() -> list[pl.Expr]:
         | pl.col("legacy_refusal").fill_null(False)
     )
     return [
-        pl.col("finish_reasons").list.first().alias("finish_reason"),
+        reasons.list.first().alias("finish_reason"),
         finish_class.alias("finish_class"),
         is_error.alias("is_error"),
         refusal.alias("is_refusal"),

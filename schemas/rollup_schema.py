@@ -12,7 +12,7 @@ from typing import Final
 
 import polars as pl
 from spanpulse.schemas.histogram import HIST_DTYPE
-from spanpulse.schemas.record import DIMENSIONS
+from spanpulse.schemas.record import DIMENSIONS, NANOS_PER_USD
 
 #: Integer columns that add up when rows of the same window are merged (totals must stay exact).
 ADDITIVE_COLUMNS: Final = (
@@ -55,6 +55,21 @@ def _build_schema() -> dict[str, pl.DataType]:
 ROLLUP_SCHEMA: Final[dict[str, pl.DataType]] = _build_schema()
 
 
+def _exact_usd(nanos: pl.Series) -> pl.Series:
+    values = nanos.cast(pl.Float64).to_numpy() / NANOS_PER_USD
+    return pl.Series(nanos.name, values, dtype=pl.Float64, nan_to_null=True)
+
+
+def cost_usd_expr(nanos_col: str = "cost_nanos") -> pl.Expr:
+    """``cost_nanos / 1e9`` correctly rounded, equal to what DuckDB and Python compute.
+
+    Polars divides a column by a scalar through a reciprocal multiplication, which is off by
+    one ulp for about 40 % of values (``9 / 1e9`` gives ``9.000000000000001e-09``).  The
+    contract promises ``cost_usd = cost_nanos / 1e9``, so the division goes through NumPy.
+    """
+    return pl.col(nanos_col).map_batches(_exact_usd, return_dtype=pl.Float64).alias("cost_usd")
+
+
 def empty_rollups() -> pl.DataFrame:
     """Return an empty frame with :data:`ROLLUP_SCHEMA`."""
     return pl.DataFrame(schema=ROLLUP_SCHEMA)
@@ -74,4 +89,6 @@ def conform_rollups(df: pl.DataFrame) -> pl.DataFrame:
     if extra or missing:
         msg = f"rollup frame does not match the contract: unknown {extra}, missing {missing}"
         raise ValueError(msg)
+    if df.schema == pl.Schema(ROLLUP_SCHEMA) and df.columns == list(ROLLUP_SCHEMA):
+        return df
     return df.select(pl.col(name).cast(dtype) for name, dtype in ROLLUP_SCHEMA.items())

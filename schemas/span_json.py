@@ -29,7 +29,7 @@ from typing import Any, Final
 import polars as pl
 
 from spanpulse.schemas.conventions import LLM_OPERATIONS
-from spanpulse.schemas.normalize import RAW_SCHEMA
+from spanpulse.schemas.normalize import FINISH_SEPARATOR, RAW_SCHEMA
 
 STRING_FIELDS: Final = (
     "end_time",
@@ -218,7 +218,6 @@ def _to_raw(frame: pl.DataFrame, failures: list[tuple[int, str, str]]) -> SpanJs
 
 def _raw_columns() -> list[pl.Expr]:
     latency_ns = (pl.col("latency_ms") * 1_000_000).round().cast(pl.Int64, strict=False)
-    finish = pl.when(pl.col("finish_reason").is_not_null()).then(pl.concat_list("finish_reason"))
     exprs: dict[str, pl.Expr] = {
         "msg_index": pl.col("msg_index"),
         "span_index": pl.lit(0),
@@ -230,7 +229,7 @@ def _raw_columns() -> list[pl.Expr]:
         "operation": pl.col("_op"),
         "request_model": pl.col("model"),
         "cache_read_tokens": pl.col("cached_input_tokens"),
-        "finish_reasons": finish,
+        "finish_reasons": pl.col("finish_reason").str.replace_all(FINISH_SEPARATOR, " ", literal=True),
         "has_error_type": pl.lit(False),
         "ttft_s": pl.col("ttft_ms") / 1000.0,
         "span_cost_usd": pl.col("cost_usd"),

@@ -87,6 +87,11 @@ def le_counts(cells: Iterable[Mapping[str, int]], bounds: Sequence[float]) -> li
 
     Returns ``len(bounds) + 1`` counts, the last one for ``+Inf``. A cell goes to the first
     bound ``>=`` its bucket's upper bound (see the module docstring for why).
+
+    Bucket ``-1`` covers ``(0.957, 1.0]`` and bucket ``0`` covers ``(1.0, 1.044]``:
+
+    >>> le_counts([{"b": -1, "n": 3}, {"b": 0, "n": 2}], (0.5, 1.0))
+    [0, 3, 2]
     """
     counts = [0] * (len(bounds) + 1)
     for cell in cells:
@@ -284,7 +289,11 @@ class Metrics:
         self._include_late = include_late
         self._register_engine(registry, _check_bounds("batch_buckets", batch_buckets))
         self._register_llm(registry)
-        self._register_histograms(registry, latency_buckets, fill_buckets)
+        self._register_histograms(
+            registry,
+            _check_bounds("latency_buckets", latency_buckets),
+            _check_bounds("fill_buckets", fill_buckets),
+        )
         self._guards = {
             name: _LabelGuard(name, max_series, self._label_overflow)
             for name in ("llm_calls", "llm_model", "llm_prompt", "spanpulse_engine")

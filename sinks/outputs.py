@@ -10,16 +10,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import polars as pl
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import Producer
 
+from spanpulse.schemas.dead_letter import DeadLetter
 from spanpulse.sinks.parquet import RollupWriter
-
-if TYPE_CHECKING:
-    from spanpulse.schemas.dead_letter import DeadLetter
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import jsonschema
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry
-
+from spanpulse.config import load as load_settings
 from spanpulse.sinks.metrics import Metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,7 +152,9 @@ def test_collector_pipeline_is_wired(collector: dict[str, Any]) -> None:
     assert pipeline["exporters"] == ["kafka"]
     for kind in ("receivers", "processors", "exporters"):
         assert set(pipeline.get(kind, [])) <= set(collector[kind]), kind
-    used = {p for pl in collector["service"]["pipelines"].values() for p in pl.get("processors", [])}
+    used = {
+        p for pl in collector["service"]["pipelines"].values() for p in pl.get("processors", [])
+    }
     assert used == set(collector["processors"]), "defined but unused processors"
     assert pipeline["processors"][0] == "memory_limiter"
     assert pipeline["processors"][-1] == "batch"
@@ -225,6 +227,18 @@ def test_job_config_has_the_documented_shape(job_config: dict[str, Any]) -> None
     assert job_config["inputs"] == [{"topic": "otlp_spans", "encoding": "otlp_proto"}]
     assert job_config["window"] == {"length": "1m", "allowed_lateness": "30s"}
     assert isinstance(job_config["metrics"]["port"], int)
+
+
+def test_job_config_loads_with_the_real_loader_and_feeds_the_metrics(
+    job_config: dict[str, Any],
+) -> None:
+    settings = load_settings(DEPLOY / "spanpulse.toml", environ={})
+    assert settings.metrics.port == job_config["metrics"]["port"]
+    assert str(settings.recovery.dir) == job_config["recovery"]["dir"]
+    assert str(settings.rollups.output_dir) == job_config["rollups"]["output_dir"]
+    # the grains the Prometheus metrics read are rolled up by this config
+    grains = {g.name for g in settings.rollups.grains}
+    assert Metrics(CollectorRegistry()).required_grains() <= grains
 
 
 def test_metrics_port_agrees_across_compose_toml_prometheus_and_dockerfile(
@@ -369,7 +383,9 @@ def test_promtool_checks_rules() -> None:
 
 
 def test_promtool_rule_unit_tests_pass() -> None:
-    proc = run(tool("promtool", "prometheus"), "test", "rules", "deploy/rules/spanpulse-rules.test.yml")
+    proc = run(
+        tool("promtool", "prometheus"), "test", "rules", "deploy/rules/spanpulse-rules.test.yml"
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "SUCCESS" in proc.stdout
 
@@ -441,7 +457,9 @@ def test_dashboard_and_rules_only_use_metrics_that_spanpulse_exposes() -> None:
     exposed = exposed_metric_names()
     assert {"llm_calls_total", "llm_latency_seconds_bucket", "spanpulse_broker_up"} <= exposed
     rules = load_yaml(DEPLOY / "rules/spanpulse-rules.yml")
+    dash = json.loads((DEPLOY / "grafana/dashboards/spanpulse.json").read_text())
     exprs = [t["expr"] for t in dashboard_targets()]
+    exprs += [v["definition"] for v in dash["templating"]["list"]]
     exprs += [r["expr"] for g in rules["groups"] for r in g["rules"]]
     used = {name for e in exprs for name in METRIC_NAME.findall(e)}
     assert used, "no metric names found: the pattern is broken"

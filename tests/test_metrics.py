@@ -13,9 +13,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
-
-from spanpulse.schemas.histogram import BASE, HIST_DTYPE, ZERO_BUCKET, bucket_of, merge_counts
+from spanpulse.schemas.histogram import BASE, ZERO_BUCKET, bucket_of, merge_counts
 from spanpulse.schemas.record import DIMENSIONS
+from spanpulse.schemas.rollup_schema import (
+    ADDITIVE_COLUMNS,
+    HIST_COLUMNS,
+    ROLLUP_SCHEMA,
+    conform_rollups,
+)
 from spanpulse.sinks.metrics import (
     DEFAULT_FILL_BUCKETS,
     DEFAULT_LATENCY_BUCKETS,
@@ -29,27 +34,6 @@ from spanpulse.sinks.metrics import (
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 
-COUNT_COLUMNS = (
-    "calls errors input_tokens output_tokens cached_input_tokens reasoning_tokens cost_nanos "
-    "unpriced_calls finish_stop finish_length finish_content_filter finish_tool_calls "
-    "finish_error finish_other refusals parse_attempts parse_failures "
-    "context_fill_over_threshold latency_ms_sum ttft_count overflow_calls"
-).split()
-HIST_COLUMNS = ("input_tokens_hist", "output_tokens_hist", "latency_s_hist", "ttft_s_hist")
-HIST_COLUMNS += ("context_fill_hist",)
-
-ROLLUP_SCHEMA: dict[str, Any] = {
-    "window_start": pl.Datetime("us", "UTC"),
-    "window_end": pl.Datetime("us", "UTC"),
-    "grain": pl.String(),
-    **{d: pl.String() for d in DIMENSIONS},
-    "late": pl.Boolean(),
-    **{c: pl.Int64() for c in COUNT_COLUMNS},
-    "cost_usd": pl.Float64(),
-    **{h: HIST_DTYPE for h in HIST_COLUMNS},
-    "exemplar_trace_ids": pl.List(pl.String()),
-}
-
 
 def hist(values: list[float]) -> list[dict[str, int]]:
     counts = merge_counts([[{"b": bucket_of(v), "n": 1} for v in values]])
@@ -60,16 +44,21 @@ def row(grain: str, window: int = 0, late: bool = False, **kw: Any) -> dict[str,
     """One contract row; dimensions of ``grain`` default to __unknown__, others are null."""
     start = T0 + timedelta(minutes=window)
     out: dict[str, Any] = {"window_start": start, "window_end": start + timedelta(minutes=1)}
-    out |= {"grain": grain, "late": late, "exemplar_trace_ids": ["0af7651916cd43dd8448eb211c80319c"]}
+    out |= {
+        "grain": grain,
+        "late": late,
+        "exemplar_trace_ids": ["0af7651916cd43dd8448eb211c80319c"],
+    }
     out |= {d: ("__unknown__" if d in grain.split(".") else None) for d in DIMENSIONS}
-    out |= {c: 0 for c in COUNT_COLUMNS} | {h: [] for h in HIST_COLUMNS}
+    out |= {c: 0 for c in ADDITIVE_COLUMNS} | {h: [] for h in HIST_COLUMNS}
     out |= kw
     out["cost_usd"] = out["cost_nanos"] / 1e9
     return out
 
 
 def frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
-    return pl.DataFrame(rows, schema=ROLLUP_SCHEMA)
+    """Rows as a frame that passes the real contract check."""
+    return conform_rollups(pl.DataFrame(rows, schema=ROLLUP_SCHEMA))
 
 
 def sample(reg: CollectorRegistry, name: str, **labels: str) -> float | None:
@@ -102,7 +91,9 @@ def window_frame(window: int = 0) -> pl.DataFrame:
                 parse_failures=1,
             ),
             row("tenant.model", window, tenant="acme", model="claude", calls=5, finish_stop=5),
-            row("tenant.model", window, tenant="beta", model="gpt-4o", calls=3, finish_tool_calls=3),
+            row(
+                "tenant.model", window, tenant="beta", model="gpt-4o", calls=3, finish_tool_calls=3
+            ),
             row("tenant", window, tenant="acme", calls=15),
             row("tenant", window, tenant="beta", calls=3),
             row(
@@ -115,7 +106,9 @@ def window_frame(window: int = 0) -> pl.DataFrame:
                 ttft_s_hist=hist([0.2, 0.4]),
                 context_fill_hist=hist([0.1, 0.5, 0.85, 0.85]),
             ),
-            row("feature.prompt_version", window, feature="summarize", prompt_version="v3", calls=9),
+            row(
+                "feature.prompt_version", window, feature="summarize", prompt_version="v3", calls=9
+            ),
         ]
     )
 
@@ -354,7 +347,7 @@ def test_registry_is_injected_never_global() -> None:
         ({"call_grain": "tenant.service"}, "grain 'tenant.service' must group by"),
         ({"model_grain": ""}, "grain '' must group by"),
         ({"latency_buckets": (1.0, 0.5)}, "strictly increasing"),
-        ({"fill_buckets": ()}, "fill_buckets|llm_context_fill_ratio"),
+        ({"fill_buckets": ()}, "fill_buckets must be"),
         ({"batch_buckets": (0.0, 1.0)}, "batch_buckets"),
         ({"max_series": 0}, "max_series must be >= 1"),
     ],
