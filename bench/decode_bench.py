@@ -1,6 +1,6 @@
 """Micro-benchmark of Decoder.decode throughput (spans/s), single core.
 
-Run: /work/venv/bin/python bench/decode_bench.py [--spans-per-message 500] [--messages 20] [--repeat 5]
+Run: /work/venv/bin/python bench/decode_bench.py [--spans-per-message 500] [--messages 20]
 
 Builds typical LLM-call spans (~25 attributes each, including content keys that must be skipped,
 resource attributes, a mix of providers/models), encodes them as OTLP protobuf (one
@@ -18,7 +18,6 @@ import time
 from google.protobuf.json_format import MessageToDict
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
-
 from spanpulse.schemas.conventions import AttributeKeys
 from spanpulse.schemas.decode import Decoder, Message
 from spanpulse.schemas.pricing import Pricing
@@ -57,11 +56,17 @@ def _attributes(rng: random.Random, i: int) -> dict[str, object]:
         "gen_ai.request.top_p": 1.0,
         "gen_ai.is_streaming": False,
         "gen_ai.openai.api_base": "https://api.example.com/v1/",
-        "gen_ai.input.messages": json.dumps([{"role": "user", "parts": [{"type": "text", "content": "x" * 400}]}]),
-        "gen_ai.output.messages": json.dumps([{"role": "assistant", "parts": [{"type": "text", "content": "y" * 300}]}]),
+        "gen_ai.input.messages": json.dumps(
+            [{"role": "user", "parts": [{"type": "text", "content": "x" * 400}]}]
+        ),
+        "gen_ai.output.messages": json.dumps(
+            [{"role": "assistant", "parts": [{"type": "text", "content": "y" * 300}]}]
+        ),
         "gen_ai.response.model": response_model,
         "gen_ai.response.id": f"resp-{i}",
-        "gen_ai.response.finish_reasons": [rng.choice(["stop", "stop", "stop", "length", "tool_calls"])],
+        "gen_ai.response.finish_reasons": [
+            rng.choice(["stop", "stop", "stop", "length", "tool_calls"])
+        ],
         "gen_ai.usage.input_tokens": inp,
         "gen_ai.usage.output_tokens": rng.randint(1, 2000),
         "gen_ai.usage.total_tokens": inp + 10,

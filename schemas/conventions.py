@@ -10,9 +10,9 @@ Conventions covered (see ``/work/shared/reference/genai-attributes.md``, §1–�
 
 * OTel GenAI current (1.37–1.41 + the genai repo's ``cache_write``) and deprecated names
   (``gen_ai.system``, ``gen_ai.usage.prompt_tokens``/``completion_tokens``).
-* Traceloop/OpenLLMetry classic (<= 0.54: ``llm.request.type``, ``gen_ai.completion.N.finish_reason``,
-  underscore cache keys, ``gen_ai.system="Anthropic"``) and >= 0.55 (OTel-aligned plus non-standard
-  ``gen_ai.usage.reasoning_tokens``/``total_tokens``).
+* Traceloop/OpenLLMetry classic (<= 0.54: ``llm.request.type``,
+  ``gen_ai.completion.N.finish_reason``, underscore cache keys, ``gen_ai.system="Anthropic"``)
+  and >= 0.55 (OTel-aligned plus non-standard ``gen_ai.usage.reasoning_tokens``/``total_tokens``).
 * OpenInference (``openinference.span.kind``, ``llm.model_name`` which is the *response* model (S9),
   ``llm.token_count.*``, scalar ``llm.finish_reason``, ``llm.provider``/``llm.system``; the request
   model comes from ``llm.request.model_name`` or the ``"model"`` key of the
@@ -37,8 +37,8 @@ start is used.  Traceloop only records TTFT as a metric, so its spans have none.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from enum import IntEnum
+from functools import lru_cache
 from typing import Final
 
 #: Legacy Traceloop writes one ``gen_ai.completion.N.*`` group per choice; choices at index >= this
@@ -158,7 +158,7 @@ FIXED_KEYS: Final[dict[Slot, tuple[Kind, tuple[str, ...]]]] = {
 }
 
 #: OpenInference span event whose timestamp marks the first streamed token.
-FIRST_TOKEN_EVENT: Final = "First Token Stream Event"
+FIRST_TOKEN_EVENT: Final = "First Token Stream Event"  # noqa: S105 - an event name
 
 #: Resource-attribute ranks start here so that any span attribute outranks any resource one.
 RESOURCE_RANK_OFFSET: Final = 100
@@ -216,7 +216,11 @@ def span_lookup(keys: AttributeKeys) -> dict[str, Spec]:
             f"gen_ai.completion.{n}.finish_reason",
             (int(Slot.FINISH_INDEXED) + n, 0, int(Kind.STR)),
         )
-        _add(table, f"gen_ai.completion.{n}.refusal", (int(Slot.LEGACY_REFUSAL), 0, int(Kind.PRESENCE)))
+        _add(
+            table,
+            f"gen_ai.completion.{n}.refusal",
+            (int(Slot.LEGACY_REFUSAL), 0, int(Kind.PRESENCE)),
+        )
     return table
 
 
@@ -231,7 +235,9 @@ def resource_lookup(keys: AttributeKeys) -> dict[str, Spec]:
 
 def _add(table: dict[str, Spec], name: str, spec: Spec) -> None:
     if name in table:
-        msg = f"attribute key {name!r} is configured for two concepts; give each concept its own key"
+        msg = (
+            f"attribute key {name!r} is configured for two concepts; give each concept its own key"
+        )
         raise ValueError(msg)
     table[name] = spec
 

@@ -24,6 +24,7 @@ from typing import Final
 
 MAX_DETAIL_CHARS: Final = 200
 
+
 def truncate(text: str, limit: int = MAX_DETAIL_CHARS) -> str:
     """Cut ``text`` to ``limit`` characters, marking the cut with an ellipsis."""
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"

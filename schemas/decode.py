@@ -17,19 +17,18 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
 import polars as pl
-
 from spanpulse.schemas.conventions import AttributeKeys
 from spanpulse.schemas.dead_letter import DeadLetter, truncate
 from spanpulse.schemas.normalize import (
     DEAD_LETTER_FIELDS,
     MAX_TOKENS_PER_CALL,
-    RAW_SCHEMA,
     Row,
     deduplicate,
     normalize,
@@ -160,7 +159,9 @@ class Decoder:
                 skipped[reason] = skipped.get(reason, 0) + n
         return _Stage1(raw_frame(rows), dead, skipped, spans, good)
 
-    def _extract_one(self, message: Message, index: int, dead: list[DeadLetter]) -> Extracted | None:
+    def _extract_one(
+        self, message: Message, index: int, dead: list[DeadLetter]
+    ) -> Extracted | None:
         assert message.value is not None
         try:
             return self._extractor.extract(message.value, index)
@@ -213,20 +214,27 @@ class Decoder:
             messages=len(messages),
             spans_seen=stage1.spans,
             skipped=skipped,
-            max_event_time_ms=None if max_time is None else int(max_time),  # type: ignore[arg-type]
+            max_event_time_ms=None if max_time is None else int(max_time),
         )
 
     def _batch_failure(self, messages: Sequence[Message], stage1: _Stage1) -> DecodedBatch:
         dead = list(stage1.dead)
         for i in stage1.good:
-            dead.append(_message_dl(messages[i], "normalize_error", "batch normalization failed", "normalize"))
+            dead.append(
+                _message_dl(
+                    messages[i], "normalize_error", "batch normalization failed", "normalize"
+                )
+            )
         return DecodedBatch(empty_records(), dead, len(messages), 0, {}, None)
 
 
 def _to_records(priced: pl.DataFrame) -> pl.DataFrame:
-    fill = (pl.col("input_tokens") + pl.col("output_tokens").fill_null(0)) / pl.col("context_window")
+    fill = (pl.col("input_tokens") + pl.col("output_tokens").fill_null(0)) / pl.col(
+        "context_window"
+    )
     frame = priced.with_columns(fill.alias("context_fill"))
-    return conform(frame.select([c for c in RECORD_SCHEMA if c in frame.columns]))
+    records: pl.DataFrame = conform(frame.select([c for c in RECORD_SCHEMA if c in frame.columns]))
+    return records
 
 
 def _message_dl(message: Message, reason: str, detail: str, stage: str = "decode") -> DeadLetter:
@@ -259,17 +267,18 @@ def _span_dead_letters(messages: Sequence[Message], rejected: pl.DataFrame) -> l
                 topic=message.topic,
                 partition=message.partition,
                 offset=message.offset,
-                payload=json.dumps(row, allow_nan=False, default=str, separators=(",", ":")).encode()
-                if _finite(row)
-                else json.dumps({k: v for k, v in row.items() if not isinstance(v, float)}).encode(),
+                payload=json.dumps(_json_safe(row), separators=(",", ":")).encode(),
                 span_index=span_index,
             )
         )
     return out
 
 
-def _finite(row: dict[str, object]) -> bool:
-    return all(not isinstance(v, float) or v == v and abs(v) != float("inf") for v in row.values())
+def _json_safe(row: dict[str, object]) -> dict[str, object]:
+    """Replace NaN/inf (which JSON cannot carry) by their names."""
+    return {
+        k: str(v) if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()
+    }
 
 
-__all__ = ["RAW_SCHEMA", "DeadLetter", "DecodedBatch", "Decoder", "Encoding", "Message"]
+__all__ = ["DeadLetter", "DecodedBatch", "Decoder", "Encoding", "Message"]

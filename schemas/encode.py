@@ -28,6 +28,7 @@ benchmark producer needs.  Tests parse the output back with ``trace_pb2`` to kee
 from __future__ import annotations
 
 import json
+import re
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -55,7 +56,7 @@ MIXED_CONVENTIONS: Final[tuple[str, ...]] = tuple(c for c in CONVENTIONS if c !=
 #: Marker contained in every content attribute; privacy tests grep sinks for it.
 CANARY: Final = "SPANPULSE-CANARY-7f3a9c"
 
-#: Fields of a ``span_json`` message, in order.
+#: Fields of a ``span_json`` message, in order (null ones are left out of a message).
 SPAN_JSON_FIELDS: Final = (
     "end_time", "start_time", "trace_id", "span_id", "tenant", "service", "environment",
     "feature", "provider", "model", "response_model", "operation", "prompt_version",
@@ -240,6 +241,8 @@ SCOPES: Final[dict[str, dict[str, Scope]]] = {
     "anthropic_native": {"anthropic": Scope("com.anthropic.sdk.python", "2.12.0")},
 }
 HTTP_SCOPE: Final = Scope("opentelemetry.instrumentation.fastapi", "0.66b2")
+#: The app's agent loop, which runs the tools the model asks for.
+TOOL_SCOPE: Final = Scope("app.agent", "1.0.0")
 _TRACELOOP_SPAN_PREFIX: Final = {
     "openai": "openai",
     "anthropic": "anthropic",
@@ -646,7 +649,7 @@ def _tool_span(c: Call, convention: str) -> Span:
     start = (c.end_time_ms + 1) * 1_000_000
     end = start + _tool_ms(c) * 1_000_000
     return Span(c.trace_id, c.trace_id[16:], c.trace_id[:16], f"execute_tool {tool}",
-                SPAN_KIND_INTERNAL, start, end, attrs, _scope(convention, c))  # fmt: skip
+                SPAN_KIND_INTERNAL, start, end, attrs, TOOL_SCOPE)  # fmt: skip
 
 
 # ================================================================ batching
@@ -905,10 +908,15 @@ def span_json_frame(df: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+#: ``,"field":null`` pairs; a ``,"`` can only occur between fields (quotes in values are escaped).
+_NULL_FIELD: Final = re.compile(r',"[a-z_]+":null')
+
+
 def _span_json_messages(df: pl.DataFrame) -> list[bytes]:
+    """One object per call; absent values are left out, as producers do (``end_time`` never is)."""
     if df.height == 0:
         return []
-    text = span_json_frame(df).write_ndjson()
+    text = _NULL_FIELD.sub("", span_json_frame(df).write_ndjson())
     return [line.encode() for line in text.splitlines()]
 
 

@@ -38,7 +38,6 @@ from collections.abc import Sequence
 from typing import Final
 
 import polars as pl
-
 from spanpulse.schemas.conventions import (
     FINISH_CLASS_OF,
     MAX_INDEXED_CHOICES,
@@ -194,7 +193,7 @@ def build_row(
 def _finish_reasons(vals: list[object]) -> object:
     listed = vals[Slot.FINISH_LIST]
     if listed is not None:
-        return FINISH_SEPARATOR.join(listed)  # type: ignore[arg-type]
+        return FINISH_SEPARATOR.join(listed)
     first = int(Slot.FINISH_INDEXED)
     indexed = [str(v) for v in vals[first : first + MAX_INDEXED_CHOICES] if v is not None]
     if indexed:

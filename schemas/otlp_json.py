@@ -101,7 +101,9 @@ def _number(raw: str, which: str) -> Any:
         return raw  # rejected as bad_attribute_type by convert_value
 
 
-def _fill(attrs: list[Any], lookup: dict[str, Spec], vals: list[Any], ranks: list[int]) -> SpanRejected | None:
+def _fill(
+    attrs: list[Any], lookup: dict[str, Spec], vals: list[Any], ranks: list[int]
+) -> SpanRejected | None:
     bad = None
     for kv in _dict_items(attrs, "attribute"):
         key = kv.get("key")
@@ -173,7 +175,9 @@ class JsonExtractor:
             resource = rs.get("resource") or {}
             base: list[Any] = [None] * N_SLOTS
             base_ranks = [NO_RANK] * N_SLOTS
-            res_bad = _fill(_list(resource, "attributes", "attributes"), self._resource_lookup, base, base_ranks)
+            res_bad = _fill(
+                _list(resource, "attributes", "attributes"), self._resource_lookup, base, base_ranks
+            )
             for ss in _dict_items(_list(rs, "scopeSpans", "scope_spans"), "scopeSpans"):
                 for span in _dict_items(_list(ss, "spans", "spans"), "span"):
                     self._span(span, msg_index, out, (base, base_ranks, res_bad))
@@ -188,7 +192,10 @@ class JsonExtractor:
     ) -> None:
         base, base_ranks, res_bad = resource
         vals, ranks = base.copy(), base_ranks.copy()
-        bad = _fill(_list(span, "attributes", "attributes"), self._span_lookup, vals, ranks) or res_bad
+        bad = (
+            _fill(_list(span, "attributes", "attributes"), self._span_lookup, vals, ranks)
+            or res_bad
+        )
         start = _nanos(_get(span, "startTimeUnixNano", "start_time_unix_nano"))
         end = _nanos(_get(span, "endTimeUnixNano", "end_time_unix_nano"))
         if vals[Slot.TTFT] is None:

@@ -32,7 +32,6 @@ from typing import Any, Final
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
-
 from spanpulse.schemas.conventions import (
     FIRST_TOKEN_EVENT,
     N_SLOTS,
@@ -78,7 +77,10 @@ def _lite_traces_class() -> Any:
     layout: dict[str, list[tuple[str, int, int, int, str]]] = {
         "Resource": [("attributes", 1, fd.TYPE_BYTES, rep, "")],
         "Status": [("code", 3, fd.TYPE_INT32, opt, "")],
-        "Event": [("time_unix_nano", 1, fd.TYPE_FIXED64, opt, ""), ("name", 2, fd.TYPE_BYTES, opt, "")],
+        "Event": [
+            ("time_unix_nano", 1, fd.TYPE_FIXED64, opt, ""),
+            ("name", 2, fd.TYPE_BYTES, opt, ""),
+        ],
         "Span": [
             ("trace_id", 1, fd.TYPE_BYTES, opt, ""),
             ("span_id", 2, fd.TYPE_BYTES, opt, ""),
@@ -187,7 +189,9 @@ class ProtoExtractor:
             out.rows.append(row)
 
 
-def _fill(attrs: Any, lookup: BytesLookup, vals: list[Any], ranks: list[int]) -> SpanRejected | None:
+def _fill(
+    attrs: Any, lookup: BytesLookup, vals: list[Any], ranks: list[int]
+) -> SpanRejected | None:
     """Copy the wanted attributes into ``vals`` by priority; return the first bad value, if any.
 
     ``attrs`` are raw ``KeyValue`` encodings: ``0x0a <len> key 0x12 <len> AnyValue``.  A key
@@ -200,7 +204,9 @@ def _fill(attrs: Any, lookup: BytesLookup, vals: list[Any], ranks: list[int]) ->
         return _fill_fast([a for a in attrs if len(a) >= 2], lookup, vals, ranks)
 
 
-def _fill_fast(attrs: Any, lookup: BytesLookup, vals: list[Any], ranks: list[int]) -> SpanRejected | None:
+def _fill_fast(
+    attrs: Any, lookup: BytesLookup, vals: list[Any], ranks: list[int]
+) -> SpanRejected | None:
     bad = None
     get = lookup.get
     for raw in attrs:
@@ -357,7 +363,8 @@ def _as_int(raw: object, which: str, key: str) -> int:
         return max(min(raw, _CLAMP), -_CLAMP)
     if isinstance(raw, float):
         if raw != raw or raw in (float("inf"), float("-inf")):
-            raise SpanRejected("non_finite_value", f"attribute {key!r} is not finite")
+            reason = "non_finite_value"
+            raise SpanRejected(reason, f"attribute {key!r} is not finite")
         if raw.is_integer():
             return int(max(min(raw, _CLAMP), -_CLAMP))
     elif isinstance(raw, str):

@@ -40,7 +40,6 @@ from typing import Any, Final
 import polars as pl
 from genai_prices import data_snapshot
 from genai_prices import types as gp
-
 from spanpulse.schemas.conventions import GENAI_PRICES_PROVIDERS
 from spanpulse.schemas.record import NANOS_PER_USD
 
@@ -118,7 +117,7 @@ def _per_request(value: object) -> float:
     """``requests_kcount`` is USD per 1000 requests; return nano-USD per request."""
     if value is None or isinstance(value, gp.TieredPrices):
         return 0.0
-    return float(Decimal(str(value))) * NANOS_PER_USD / 1000
+    return float(Decimal(str(value)) * NANOS_PER_USD / 1000)
 
 
 def plan_from_override(price: PriceLike) -> Plan:
@@ -126,7 +125,10 @@ def plan_from_override(price: PriceLike) -> Plan:
     if not isinstance(price, TokenPrice):
         unknown = set(price) - {"input", "output", "cached_input", "cache_write"}
         if unknown:
-            msg = f"price override has unknown fields {sorted(unknown)}; use input, output, cached_input, cache_write"
+            msg = (
+                f"price override has unknown fields {sorted(unknown)}; "
+                "use input, output, cached_input, cache_write (USD per million tokens)"
+            )
             raise ValueError(msg)
         price = TokenPrice(**price)
     if price.input is None and price.output is None:
@@ -167,7 +169,9 @@ class Pricing:
         self._windows = {k.lower(): int(v) for k, v in (context_windows or {}).items()}
         for key, window in self._windows.items():
             if window <= 0:
-                msg = f"context window override {key!r} must be a positive token count, got {window}"
+                msg = (
+                    f"context window override {key!r} must be a positive token count, got {window}"
+                )
                 raise ValueError(msg)
         self._snapshot = data_snapshot.get_snapshot()
         self._resolved: _BoundedCache = _BoundedCache(cache_size)
@@ -175,7 +179,9 @@ class Pricing:
 
     # -- lookups (once per distinct key, cached) ------------------------------------------------
 
-    def resolve(self, provider: str | None, model: str | None, response_model: str | None) -> _Resolved:
+    def resolve(
+        self, provider: str | None, model: str | None, response_model: str | None
+    ) -> _Resolved:
         """Resolve the price plan and context window of one (provider, model, response model)."""
         key = (provider, model, response_model)
         hit = self._resolved.get(key)
@@ -183,7 +189,9 @@ class Pricing:
             hit = self._resolved.put(key, self._resolve(provider, model, response_model))
         return hit  # type: ignore[no-any-return]
 
-    def _resolve(self, provider: str | None, model: str | None, response_model: str | None) -> _Resolved:
+    def _resolve(
+        self, provider: str | None, model: str | None, response_model: str | None
+    ) -> _Resolved:
         names = [n.lower() for n in (model, response_model) if n]
         info = self._model_info(provider, [n.lower() for n in (response_model, model) if n])
         window = self._config_lookup(self._windows, provider, names)
@@ -219,7 +227,7 @@ class Pricing:
         return None
 
     def plan_at(self, info: gp.ModelInfo, minute: int) -> Plan | None:
-        """The plan of a time-conditional model during one event-time minute (cached)."""
+        """Return the plan of a time-conditional model during one event-time minute (cached)."""
         key = (id(info), minute)
         if key not in self._timed:
             at = datetime.fromtimestamp(minute * 60, tz=UTC)
@@ -246,7 +254,9 @@ class Pricing:
             if resolved.conditional is not None:
                 plan = self.plan_at(resolved.conditional, at_minute)
             plan_id = None if plan is None else plans.setdefault(plan, len(plans))
-            rows.append((provider, model, response_model, at_minute, plan_id, resolved.context_window))
+            rows.append(
+                (provider, model, response_model, at_minute, plan_id, resolved.context_window)
+            )
         lookup = pl.DataFrame(
             rows,
             schema={
@@ -260,9 +270,11 @@ class Pricing:
         joined = df.with_columns(minute).join(
             lookup, on=[*keys, "_minute"], how="left", nulls_equal=True, maintain_order="left"
         )
-        return joined.with_columns(_cost_nanos(list(plans)).alias("cost_nanos")).with_columns(
-            (pl.col("cost_nanos") / NANOS_PER_USD).alias("cost_usd")
-        ).drop("_minute", "_plan")
+        return (
+            joined.with_columns(_cost_nanos(list(plans)).alias("cost_nanos"))
+            .with_columns((pl.col("cost_nanos") / NANOS_PER_USD).alias("cost_usd"))
+            .drop("_minute", "_plan")
+        )
 
 
 def _rate_expr(rate: Rate, total_input: pl.Expr) -> pl.Expr:
@@ -283,7 +295,9 @@ def plan_cost_expr(plan: Plan) -> pl.Expr:
     cache_write = pl.col("cache_write_tokens").fill_null(0)
     reasoning = pl.col("reasoning_tokens").fill_null(0)
     zero = pl.lit(0.0)
-    leaf_in = inp - (cache_read if plan.cache_read else 0) - (cache_write if plan.cache_write else 0)
+    leaf_in = (
+        inp - (cache_read if plan.cache_read else 0) - (cache_write if plan.cache_write else 0)
+    )
     leaf_out = out - (reasoning if plan.reasoning else 0)
     parts = [
         (leaf_in, plan.input),

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import polars as pl
-
 from spanpulse.schemas.conventions import LLM_OPERATIONS
 from spanpulse.schemas.normalize import FINISH_SEPARATOR, RAW_SCHEMA
 
@@ -77,7 +76,9 @@ class SpanJsonBatch:
     """Result of decoding a batch of span_json messages."""
 
     raw: pl.DataFrame  # RAW_SCHEMA rows of LLM calls
-    failures: list[tuple[int, str, str]] = field(default_factory=list)  # (msg_index, reason, detail)
+    failures: list[tuple[int, str, str]] = field(
+        default_factory=list
+    )  # (msg_index, reason, detail)
     skipped: dict[str, int] = field(default_factory=dict)
     spans: int = 0  # well-formed messages (one span each)
 
@@ -98,7 +99,10 @@ def decode_batch(values: Sequence[bytes], msg_indexes: Sequence[int]) -> SpanJso
 
 def _read_fast(values: Sequence[bytes]) -> pl.DataFrame | None:
     """One ``read_ndjson`` over the batch; None when anything looks off (then: slow path)."""
-    lines = [v.replace(b"\n", b" ").replace(b"\r", b" ") if b"\n" in v or b"\r" in v else v for v in values]
+    lines = [
+        v.replace(b"\n", b" ").replace(b"\r", b" ") if b"\n" in v or b"\r" in v else v
+        for v in values
+    ]
     try:
         frame = pl.read_ndjson(io.BytesIO(b"\n".join(lines)), schema=READ_SCHEMA)
     except pl.exceptions.PolarsError:
@@ -126,7 +130,9 @@ def _read_slow(values: Sequence[bytes]) -> tuple[pl.DataFrame, list[tuple[int, s
         try:
             doc = json.loads(value, parse_constant=_reject_constant)
         except ValueError as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            failures.append((pos, "json_decode_error", f"message is not valid JSON ({type(err).__name__})"))
+            failures.append(
+                (pos, "json_decode_error", f"message is not valid JSON ({type(err).__name__})")
+            )
             continue
         try:
             obj = validate_object(doc)
@@ -191,7 +197,9 @@ def _time_ns(name: str) -> pl.Expr:
 
 def _to_raw(frame: pl.DataFrame, failures: list[tuple[int, str, str]]) -> SpanJsonBatch:
     """Check required fields and times, then map the flat fields onto RAW_SCHEMA."""
-    frame = frame.with_columns(_time_ns("end_time").alias("_end"), _time_ns("start_time").alias("_start"))
+    frame = frame.with_columns(
+        _time_ns("end_time").alias("_end"), _time_ns("start_time").alias("_start")
+    )
     model_ok = pl.col("model").str.strip_chars().str.len_bytes() > 0
     problem = (
         pl.when(pl.col("end_time").is_null())
@@ -209,11 +217,15 @@ def _to_raw(frame: pl.DataFrame, failures: list[tuple[int, str, str]]) -> SpanJs
     ok = frame.filter(pl.col("_problem").is_null())
     op = pl.col("operation").str.strip_chars().str.to_lowercase()
     mapped = op.replace_strict(LLM_OPERATIONS, default=None, return_dtype=pl.String)
-    ok = ok.with_columns(mapped.alias("_op"), (op.is_not_null() & mapped.is_null()).alias("_not_llm"))
+    ok = ok.with_columns(
+        mapped.alias("_op"), (op.is_not_null() & mapped.is_null()).alias("_not_llm")
+    )
     not_llm = int(ok["_not_llm"].sum())
     skipped = {"not_llm": not_llm} if not_llm else {}
     raw = ok.filter(~pl.col("_not_llm")).select(_raw_columns())
-    return SpanJsonBatch(raw=raw, failures=failures, skipped=skipped, spans=frame.height - bad.height)
+    return SpanJsonBatch(
+        raw=raw, failures=failures, skipped=skipped, spans=frame.height - bad.height
+    )
 
 
 def _raw_columns() -> list[pl.Expr]:
@@ -229,16 +241,27 @@ def _raw_columns() -> list[pl.Expr]:
         "operation": pl.col("_op"),
         "request_model": pl.col("model"),
         "cache_read_tokens": pl.col("cached_input_tokens"),
-        "finish_reasons": pl.col("finish_reason").str.replace_all(FINISH_SEPARATOR, " ", literal=True),
+        "finish_reasons": pl.col("finish_reason").str.replace_all(
+            FINISH_SEPARATOR, " ", literal=True
+        ),
         "has_error_type": pl.lit(False),
         "ttft_s": pl.col("ttft_ms") / 1000.0,
         "span_cost_usd": pl.col("cost_usd"),
         "legacy_refusal": pl.lit(False),
         "app_refusal": pl.col("refusal"),
     }
-    same = {"provider", "response_model", "input_tokens", "output_tokens", "reasoning_tokens", "parse_ok"}
+    same = {
+        "provider",
+        "response_model",
+        "input_tokens",
+        "output_tokens",
+        "reasoning_tokens",
+        "parse_ok",
+    }
     same |= {"tenant", "service", "environment", "feature", "prompt_version"}
     return [
-        (exprs[name] if name in exprs else pl.col(name) if name in same else pl.lit(None)).cast(dtype).alias(name)
+        (exprs[name] if name in exprs else pl.col(name) if name in same else pl.lit(None))
+        .cast(dtype)
+        .alias(name)
         for name, dtype in RAW_SCHEMA.items()
     ]

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -77,6 +76,19 @@ class Call(NamedTuple):
     cost_usd: float
     finish_class: str
     latency_s: float
+
+
+def peak_rss_kb() -> int:
+    """This process's peak RSS since ``exec`` (``VmHWM``).
+
+    Not ``getrusage().ru_maxrss``: Linux carries a forked child's ``ru_maxrss`` over from its
+    parent, so every variant would report at least the harness's own footprint.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
 
 
 def finish_class(reason: str | None, is_error: bool) -> str:
@@ -240,7 +252,7 @@ def drain(args: argparse.Namespace) -> dict[str, Any]:
         "variant": "floor", "messages": counter.messages, "spans": counter.spans,
         "calls": counter.llm_spans, "input_tokens": counter.input_tokens,
         "t_start": t0, "t_end": t1, "active_s": t1 - t0, "cpu_active_s": cpu1 - cpu0,
-        "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "maxrss_kb": peak_rss_kb(),
     }  # fmt: skip
 
 

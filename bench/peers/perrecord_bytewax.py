@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from dataclasses import dataclass, field
@@ -188,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         "input_tokens": TOTALS.input_tokens, "output_tokens": TOTALS.output_tokens,
         "cost_usd": TOTALS.cost_usd, "finish": TOTALS.finish, "late": TOTALS.late,
         "t_start": t0, "t_first": decoder.t_first, "t_end": t1, "active_s": t1 - t0,
-        "cpu_active_s": cpu1 - cpu0, "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "cpu_active_s": cpu1 - cpu0, "maxrss_kb": floor.peak_rss_kb(),
     }  # fmt: skip
     sys.stdout.write(json.dumps(out) + "\n")
     return 0

@@ -9,17 +9,23 @@ Decoding is the floor's (``floor.calls_from_proto``; ``span_json`` uses Quix's o
 deserializer and ``floor.call_from_json``).  The p95 is exact: latencies are kept with Quix's
 ``Collect`` and ranked when the window closes.
 
-Quix closes windows only when newer data arrives (no wall-clock closing), so the harness appends
-one trailing message per input partition whose calls lie past every window end plus the grace,
-for 64 sentinel tenants (``__sentinel__*``), so that every partition of the repartition topic sees
-one.  ``closing_strategy="partition"`` then closes every window of a partition at once.  Sentinel
-windows never close and are not counted.
+Quix closes windows only when newer data arrives (no wall-clock closing).  When this job has
+seen no message for ``--idle-mark`` seconds it prints ``QUIX-IDLE`` on stderr; the harness then
+appends, to every input partition, calls that lie past every window end plus the grace, for 64
+sentinel tenants (``__sentinel__*``) so that every partition of the repartition topic gets one,
+and ``closing_strategy="partition"`` closes every window of a partition at once.  Sentinels sent
+together with the backlog would race it: a partition read early would close windows that calls
+from a slower partition still had to reach, silently stranding them in state.  Sentinel windows
+never close and are not counted.
 
-The grace defaults to 12 h: with 10 s most of a backlog read out of order across partitions
-is dropped as late.  Quix cannot tell when a backlog is drained, so the run stops after
-``--idle-timeout`` seconds without new messages (or after ``--expect-windows`` outputs); the
-reported active time runs from the first processed message to the last emitted window, so
-neither the consumer-group join nor that idle wait is counted (both are reported separately).
+The grace defaults to 12 h: with 10 s most of a backlog read out of order across partitions is
+dropped as late.  The run stops after ``--idle-timeout`` seconds without new messages.  The
+reported active time is (first message -> last backlog call reaching the window step) + (first
+sentinel reaching it -> last window emitted): neither the consumer-group join nor the idle waits
+are counted (the join is reported separately).
+
+Quix runs with its default consumer settings: with the floor's large-fetch settings it stopped
+consuming after part of the backlog on tansu.
 
 Runs in its own virtualenv (Quix Streams 3.x pins confluent-kafka < 2.13); prints one JSON line.
 """
@@ -29,9 +35,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -52,6 +58,11 @@ class Run:
         self.t_last = 0.0
         self.cpu_first = 0.0
         self.cpu_last = 0.0
+        self.t_seen = 0.0  # last time any message reached a step
+        self.t_last_data = 0.0
+        self.cpu_last_data = 0.0
+        self.t_close = 0.0
+        self.cpu_close = 0.0
         self.windows = 0
         self.calls = 0
         self.input_tokens = 0
@@ -64,7 +75,25 @@ class Run:
         if not self.t_first:
             self.t_first = time.time()
             self.cpu_first = time.process_time()
+        self.t_seen = time.time()
         return value
+
+    def at_window_step(self, call: dict[str, Any]) -> dict[str, Any]:
+        """Timestamps the backlog phase and the closing phase (first sentinel)."""
+        now = self.t_seen = time.time()
+        if not call["tenant"].startswith(SENTINEL):
+            self.t_last_data, self.cpu_last_data = now, time.process_time()
+        elif not self.t_close:
+            self.t_close, self.cpu_close = now, time.process_time()
+        return call
+
+    def watch_idle(self, idle_s: float, stop: threading.Event) -> None:
+        """Print ``QUIX-IDLE`` once the backlog has been quiet for ``idle_s`` (the harness waits for it)."""
+        while not stop.wait(0.2):
+            if self.t_seen and not self.t_close and time.time() - self.t_seen > idle_s:
+                sys.stderr.write("QUIX-IDLE\n")
+                sys.stderr.flush()
+                return
 
     def add(self, window: dict[str, Any]) -> None:
         self.windows += 1
@@ -111,6 +140,7 @@ def build(app: Application, topic_name: str, encoding: str, grace_ms: int, run: 
     sdf = sdf.apply(lambda v: to_calls(v, encoding), expand=True)
     sdf = sdf.set_timestamp(lambda value, _key, _ts, _headers: value["end_ms"])
     sdf = sdf.group_by(lambda v: f"{v['tenant']}|{v['model']}", name="tenant_model")
+    sdf = sdf.apply(run.at_window_step)
     sdf = sdf.apply(finish_flags)
     aggs: dict[str, Any] = {
         "calls": Count(),
@@ -135,28 +165,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--group", required=True, help="consumer group (fresh per benchmark run)")
     p.add_argument("--grace-s", type=float, default=12 * 3600.0)
     p.add_argument("--idle-timeout", type=float, default=8.0)
-    p.add_argument("--expect-windows", type=int, default=0, help="stop after this many outputs (0: idle only)")
+    p.add_argument("--idle-mark", type=float, default=3.0, help="quiet seconds before printing QUIX-IDLE")
     args = p.parse_args(argv)
     run = Run()
     with tempfile.TemporaryDirectory(prefix="quix-state-") as state_dir:
         app = Application(
             broker_address=args.bootstrap, consumer_group=args.group, auto_offset_reset="earliest",
             state_dir=state_dir, loglevel="WARNING",
-            consumer_extra_config={"session.timeout.ms": 6000, "heartbeat.interval.ms": 300,
-                                   **floor.FETCH_CONFIG},
+            consumer_extra_config={"session.timeout.ms": 6000, "heartbeat.interval.ms": 300},
         )  # fmt: skip
         build(app, args.topic, args.encoding, int(args.grace_s * 1000), run)
+        stop = threading.Event()
+        threading.Thread(target=run.watch_idle, args=(args.idle_mark, stop), daemon=True).start()
         t0, cpu0 = time.time(), time.process_time()
-        app.run(timeout=args.idle_timeout, count=args.expect_windows, collect=False)
+        app.run(timeout=args.idle_timeout, collect=False)
         t1, cpu1 = time.time(), time.process_time()
+        stop.set()
     out = {
         "variant": "quix", "windows": run.windows, "calls": run.calls,
         "input_tokens": run.input_tokens, "output_tokens": run.output_tokens,
         "cost_usd": run.cost_usd, "finish": run.finish, "late": run.late,
-        "t_start": t0, "t_first": run.t_first, "t_end": run.t_last or t1,
-        "active_s": (run.t_last - run.t_first) if run.t_first and run.t_last else 0.0,
+        "t_start": t0, "t_first": run.t_first, "t_last_data": run.t_last_data, "t_close": run.t_close,
+        "t_end": run.t_last or t1,
+        "active_s": (run.t_last_data - run.t_first) + (run.t_last - run.t_close) if run.t_close else 0.0,
         "join_s": (run.t_first - t0) if run.t_first else 0.0, "exit_s": t1 - t0,
-        "cpu_active_s": run.cpu_last - run.cpu_first, "cpu_run_s": cpu1 - cpu0, "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "cpu_active_s": (run.cpu_last_data - run.cpu_first) + (run.cpu_last - run.cpu_close),
+        "cpu_run_s": cpu1 - cpu0, "maxrss_kb": floor.peak_rss_kb(),
     }  # fmt: skip
     sys.stdout.write(json.dumps(out) + "\n")
     return 0
