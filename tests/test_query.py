@@ -301,3 +301,21 @@ def test_format_table_aligns_and_clips() -> None:
     assert lines[3] == "b          | NULL | NULL"
     assert lines[4] == "c          |  2.5 | NULL"
     assert lines[-1] == "(3 rows)"
+
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "query.md"
+
+
+def test_every_sql_example_in_the_docs_runs(
+    dataset: tuple[Path, pl.DataFrame, pl.DataFrame],
+) -> None:
+    text = DOC.read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```sql\n")[1:]]
+    inline = [line[len("or `") : -1] for line in text.splitlines() if line.startswith("or `SELECT")]
+    con = connect(dataset[0])
+    statements = [s.query for block in blocks + inline for s in con.extract_statements(block)]
+    assert len(statements) >= 9
+    for sql in statements:
+        cols, rows = run_query(con, sql)
+        assert cols and rows, sql
+    assert f"{RELATIVE_ERROR:.2%}".replace("%", " %") in text
