@@ -421,7 +421,7 @@ class Runner:
         cpu0 = self.broker.cpu_s()
         started = [spawn(cmd, self.workdir, f"{tag}-{i}", env) for i, cmd in enumerate(cmds)]
         if variant == "quix":
-            self._close_quix_windows(b, started, tag)
+            self._feed_quix(b, started, tag)
         results = reap(started, self.o.timeout_s)
         m.broker_cpu_s = self.broker.cpu_s() - cpu0
         if variant == "quix":
@@ -454,7 +454,6 @@ class Runner:
         from spanpulse.broker import create_topics
 
         create_topics(self.broker.bootstrap, [self._quix_topic(b, tag)], partitions=PARTITIONS)
-        produce(self.broker.bootstrap, self._quix_topic(b, tag), b.values)
         group = f"bench-{tag}-{uuid.uuid4().hex[:8]}"
         base = [self.o.quix_python, str(PEERS / "quix_job.py"), "--bootstrap", self.broker.bootstrap,
                 "--topic", self._quix_topic(b, tag), "--encoding", b.encoding, "--group", group,
@@ -465,15 +464,23 @@ class Runner:
     def _quix_topic(b: Backlog, tag: str) -> str:
         return f"{b.quix_topic}.{tag}"
 
-    def _close_quix_windows(self, b: Backlog, started: list[Any], tag: str) -> None:
-        """Wait until every Quix process has drained the backlog, then send the sentinels."""
+    def _feed_quix(self, b: Backlog, started: list[Any], tag: str) -> None:
+        """Backlog once the group has settled; sentinels once every process has drained it."""
+        topic = self._quix_topic(b, tag)
+        if self._wait_quix(started, _quix_settled):
+            produce(self.broker.bootstrap, topic, b.values)
+        if self._wait_quix(started, lambda errs: all("QUIX-IDLE" in e for e in errs)):
+            produce(self.broker.bootstrap, topic, b.sentinels, per_partition=True)
+
+    def _wait_quix(self, started: list[Any], ready: Callable[[list[str]], bool]) -> bool:
         deadline = time.monotonic() + self.o.timeout_s
         while time.monotonic() < deadline:
-            errs = [err.read_text(errors="replace") for _p, _o, err, _t in started]
-            if all("QUIX-IDLE" in e for e in errs) or any(p.poll() is not None for p, *_ in started):
-                break
+            if any(_exited(p.pid) for p, *_ in started):
+                return False
+            if ready([err.read_text(errors="replace") for _p, _o, err, _t in started]):
+                return True
             time.sleep(0.2)
-        produce(self.broker.bootstrap, self._quix_topic(b, tag), b.sentinels, per_partition=True)
+        return False
 
     def _drop_quix_topics(self, tag: str) -> None:
         """Delete this run's topic copy and Quix's repartition/changelog topics (tansu is in memory)."""
@@ -541,6 +548,20 @@ class Runner:
                 finish[k] = finish.get(k, 0) + v
         got["finish"] = {k: v for k, v in finish.items() if v}
         return got
+
+
+def _exited(pid: int) -> bool:
+    """Has ``pid`` exited?  Leaves it unreaped (``reap`` needs its ``wait4`` accounting)."""
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
+
+def _quix_settled(errs: list[str]) -> bool:
+    """Every process reports a non-empty assignment and together they cover each partition once."""
+    latest = [re.findall(r"QUIX-ASSIGNED ([0-9,]*)", e) for e in errs]
+    if not all(x and x[-1] for x in latest):
+        return False
+    parts = [int(p) for x in latest for p in x[-1].split(",")]
+    return sorted(parts) == list(range(PARTITIONS))
 
 
 def spanpulse_config(bootstrap: str, topic: str, encoding: str, out_dir: Path) -> str:

@@ -45,6 +45,7 @@ _WHICH: Final[dict[str, str]] = {
 _WHICH.update({v: v for v in list(_WHICH.values())})
 _STATUS_ERROR: Final = (2, "2", "STATUS_CODE_ERROR")
 _PRESENCE: Final = int(Kind.PRESENCE)
+_STR: Final = int(Kind.STR)
 
 
 class OtlpJsonError(ValueError):
@@ -104,10 +105,16 @@ def _number(raw: str, which: str) -> Any:
 def _fill(
     attrs: list[Any], lookup: dict[str, Spec], vals: list[Any], ranks: list[int]
 ) -> SpanRejected | None:
+    """Copy the wanted attributes into ``vals`` by priority; return the first bad value, if any.
+
+    A non-object attribute or value raises AttributeError/TypeError, which the decoder reports
+    as a ``schema_violation`` of the whole message.
+    """
     bad = None
-    for kv in _dict_items(attrs, "attribute"):
+    get = lookup.get
+    for kv in attrs:
         key = kv.get("key")
-        spec = lookup.get(key) if isinstance(key, str) else None
+        spec = get(key) if key.__class__ is str else None
         if spec is None:
             continue
         slot, rank, kind = spec
@@ -116,11 +123,15 @@ def _fill(
         if kind == _PRESENCE:
             vals[slot], ranks[slot] = True, rank
             continue
-        value = _any_value(kv.get("value", {}))
+        raw_value = kv.get("value", {})
+        if kind == _STR and raw_value.get("stringValue").__class__ is str:
+            vals[slot], ranks[slot] = raw_value["stringValue"], rank
+            continue
+        value = _any_value(raw_value)
         if value is None:
             continue
         try:
-            vals[slot] = convert_value(kind, value[0], value[1], str(key))
+            vals[slot] = convert_value(kind, value[0], value[1], key)
         except SpanRejected as err:
             bad = bad or err
             continue

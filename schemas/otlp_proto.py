@@ -124,7 +124,9 @@ class Extracted:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
 
-BytesLookup = dict[bytes, tuple[int, int, int, str]]
+#: raw key -> (slot, rank, AnyValue tag of the inline fast path or -1, kind, key)
+BytesLookup = dict[bytes, tuple[int, int, int, int, str]]
+_FAST_TAG: Final = {_STR: _TAG_STRING, _INT: _TAG_INT, _BOOL: _TAG_BOOL}
 
 
 def _bytes_lookup(table: dict[str, Spec]) -> BytesLookup:
@@ -134,7 +136,7 @@ def _bytes_lookup(table: dict[str, Spec]) -> BytesLookup:
         if len(raw) > _MAX_FAST_KEY:
             msg = f"attribute key {key!r} is longer than {_MAX_FAST_KEY} bytes"
             raise ValueError(msg)
-        out[raw] = (slot, rank, kind, key)
+        out[raw] = (slot, rank, _FAST_TAG.get(kind, -1), kind, key)
     return out
 
 
@@ -196,15 +198,17 @@ def _fill(
 
     ``attrs`` are raw ``KeyValue`` encodings: ``0x0a <len> key 0x12 <len> AnyValue``.  A key
     longer than 127 bytes has a two-byte length, so the one-byte slice below is >= 128 bytes
-    long and cannot equal any (shorter) wanted key: long keys simply miss.
+    long and cannot equal any (shorter) wanted key: long keys simply miss.  The unchecked loop
+    handles well-formed attributes; anything short (an empty value, truncation) raises
+    IndexError and the batch of attributes is redone by the checked loop.
     """
     try:
-        return _fill_fast(attrs, lookup, vals, ranks)
-    except IndexError:  # an empty KeyValue (legal, never written in practice): go careful
-        return _fill_fast([a for a in attrs if len(a) >= 2], lookup, vals, ranks)
+        return _fill_unchecked(attrs, lookup, vals, ranks)
+    except IndexError:
+        return _fill_checked(attrs, lookup, vals, ranks)
 
 
-def _fill_fast(
+def _fill_unchecked(
     attrs: Any, lookup: BytesLookup, vals: list[Any], ranks: list[int]
 ) -> SpanRejected | None:
     bad = None
@@ -214,35 +218,63 @@ def _fill_fast(
         spec = get(raw[2:k])
         if spec is None or raw[0] != 0x0A:
             continue
-        slot, rank, kind, key = spec
+        slot, rank, fast, kind, key = spec
         if rank >= ranks[slot]:
             continue
-        if kind == _PRESENCE:
-            vals[slot], ranks[slot] = True, rank
-            continue
-        # inline fast paths: a short string for a string concept, a small int for an int one
-        if raw[k + 1] < 0x80 and len(raw) > k + 3:
-            tag = raw[k + 2]
-            if tag == _TAG_STRING and kind == _STR and raw[k + 3] < 0x80:
-                vals[slot], ranks[slot] = raw[k + 4 : k + 4 + raw[k + 3]].decode(), rank
+        # inline fast path: the AnyValue has the concept's usual wire type and a short payload
+        if raw[k + 2] == fast and raw[k + 1] < 0x80:
+            b = raw[k + 3]
+            if b < 0x80:
+                if fast == _TAG_STRING:
+                    vals[slot] = raw[k + 4 : k + 4 + b].decode()
+                else:
+                    vals[slot] = b if fast == _TAG_INT else b != 0
+                ranks[slot] = rank
                 continue
-            if tag == _TAG_INT and kind == _INT:
-                b = raw[k + 3]
-                if b < 0x80:
-                    vals[slot], ranks[slot] = b, rank
-                    continue
-                b2 = raw[k + 4]
-                if b2 < 0x80:
-                    vals[slot], ranks[slot] = (b & 0x7F) | (b2 << 7), rank
-                    continue
+            if fast == _TAG_INT and raw[k + 4] < 0x80:
+                vals[slot] = (b & 0x7F) | (raw[k + 4] << 7)
+                ranks[slot] = rank
+                continue
         try:
-            value = _fast_value(raw, k, kind, key)
+            value = _general_value(raw, k, kind, key)
         except SpanRejected as err:
             bad = bad or err
             continue
         if value is not None:
             vals[slot], ranks[slot] = value, rank
     return bad
+
+
+def _fill_checked(
+    attrs: Any, lookup: BytesLookup, vals: list[Any], ranks: list[int]
+) -> SpanRejected | None:
+    """Bounds-checked twin of :func:`_fill_unchecked` (no inline fast path)."""
+    bad = None
+    for raw in attrs:
+        if len(raw) < 2:
+            continue
+        k = raw[1] + 2
+        spec = lookup.get(raw[2:k])
+        if spec is None or raw[0] != 0x0A:
+            continue
+        slot, rank, _fast, kind, key = spec
+        if rank >= ranks[slot]:
+            continue
+        try:
+            value = _general_value(raw, k, kind, key)
+        except SpanRejected as err:
+            bad = bad or err
+            continue
+        if value is not None:
+            vals[slot], ranks[slot] = value, rank
+    return bad
+
+
+def _general_value(raw: bytes, k: int, kind: int, key: str) -> Any:
+    """Value of one wanted attribute outside the inline fast path (presence, other types)."""
+    if kind == _PRESENCE:
+        return True
+    return _fast_value(raw, k, kind, key)
 
 
 def _fast_value(raw: bytes, k: int, kind: int, key: str) -> Any:

@@ -199,6 +199,30 @@ def _hex_ids(rng: np.random.Generator, n: int, n_bytes: int) -> pl.Series:
     return pl.Series(np.frombuffer(raw, dtype=f"S{2 * n_bytes}")).cast(pl.String)
 
 
+#: Feature and model constants as arrays indexed like FEATURES / MODELS, for vectorized draws.
+_FEATURE_ARRAYS: Final = {
+    key: np.array([float(getattr(f, key)) for f in FEATURES])
+    for key in (
+        "input_median",
+        "input_sigma",
+        "output_median",
+        "output_sigma",
+        "max_tokens",
+        "tool_share",
+        "stream_share",
+        "cache_share",
+        "parses",
+    )
+}
+_MODEL_ARRAYS: Final = {
+    "window": np.array([float(m.context_window) for m in MODELS]),
+    "output_scale": np.array([m.output_scale for m in MODELS]),
+    "thinking_share": np.array([m.thinking_share for m in MODELS]),
+    "tokens_per_s": np.array([m.tokens_per_s for m in MODELS]),
+    "overhead": np.array([PROVIDER_OVERHEAD_S[m.provider] for m in MODELS]),
+}
+
+
 class TrafficModel:
     """Seeded generator of normal LLM-call traffic.
 
@@ -253,6 +277,7 @@ class TrafficModel:
         self._block_cache_size = block_cache
         self._blocks: OrderedDict[int, pl.DataFrame] = OrderedDict()
         self.tenant_names = tuple(tenant_name(i) for i in range(tenants))
+        self._tenant_index = {name: i for i, name in enumerate(self.tenant_names)}
         weights = 1.0 / np.arange(1, tenants + 1, dtype=np.float64) ** zipf_s
         self.tenant_weights: npt.NDArray[np.float64] = weights / weights.sum()
         self._init_tenant_tables(np.random.default_rng(np.random.SeedSequence([seed, 0])))
@@ -263,31 +288,34 @@ class TrafficModel:
         shares = np.array([f.share for f in FEATURES])
         self._tenant_cdf = _categorical_cdf(rng.dirichlet(shares * 4.0, size=self.tenants))
         self._feature_model_cdf = np.stack(
-            [_categorical_cdf(np.array([f.models.get(m.name, 0.0) for m in MODELS]))
-             for f in FEATURES]
-        )  # fmt: skip
+            [
+                _categorical_cdf(np.array([f.models.get(m.name, 0.0) for m in MODELS]))
+                for f in FEATURES
+            ]
+        )
         u = rng.random((self.tenants, len(FEATURES)))
         self._pinned = np.stack(
-            [np.searchsorted(self._feature_model_cdf[j], u[:, j], side="right")
-             for j in range(len(FEATURES))], axis=1,
-        )  # fmt: skip
+            [
+                np.searchsorted(self._feature_model_cdf[j], u[:, j], side="right")
+                for j in range(len(FEATURES))
+            ],
+            axis=1,
+        )
         self._tenant_scale = rng.lognormal(0.0, 0.25, size=self.tenants)
         self._tenant_cdf_all = _categorical_cdf(self.tenant_weights)
 
     # ------------------------------------------------------------------ public API
     def expected_rate(self, t_ms: float, tenant: str | None = None) -> float:
         """Return the expected calls per second at ``t_ms`` (for one tenant when given)."""
-        factor = float(diurnal_factor(np.array([t_ms]), self.diurnal_amplitude,
-                                      self.peak_hour_utc)[0])  # fmt: skip
+        factor = float(
+            diurnal_factor(np.array([t_ms]), self.diurnal_amplitude, self.peak_hour_utc)[0]
+        )
         share = 1.0 if tenant is None else float(self.tenant_weights[self.tenant_index(tenant)])
         return self.rate_per_s * factor * share
 
     def tenant_index(self, tenant: str) -> int:
         """Zipf rank of ``tenant``; raises ``KeyError`` for a tenant this model does not have."""
-        try:
-            return self.tenant_names.index(tenant)
-        except ValueError:
-            raise KeyError(tenant) from None
+        return self._tenant_index[tenant]
 
     def calls(self, start_ms: int, duration_s: float) -> pl.DataFrame:
         """All calls starting in ``[start_ms, start_ms + duration_s)``, sorted by end time."""
@@ -432,8 +460,8 @@ class TrafficModel:
     ) -> dict[str, npt.NDArray[np.int64]]:
         """Heavy-tailed lognormal usage; cache and reasoning are subsets of input and output."""
         n = int(feature.shape[0])
-        fa = _feature_arrays()
-        ma = _model_arrays()
+        fa = _FEATURE_ARRAYS
+        ma = _MODEL_ARRAYS
         window = ma["window"][model]
         med_in = fa["input_median"][feature] * self._tenant_scale[tenants]
         inp = np.clip(rng.lognormal(np.log(med_in), fa["input_sigma"][feature]), 16, window * 0.95)
@@ -467,7 +495,7 @@ class TrafficModel:
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
         """Latency grows with output tokens; TTFT covers overhead, prefill and reasoning."""
         n = int(feature.shape[0])
-        ma = _model_arrays()
+        ma = _MODEL_ARRAYS
         overhead = rng.lognormal(np.log(ma["overhead"][model]), 0.4)
         prefill = tokens["input_tokens"] * PREFILL_S_PER_TOKEN
         speed = ma["tokens_per_s"][model] * rng.lognormal(0.0, 0.25, n)
@@ -475,7 +503,7 @@ class TrafficModel:
         latency = overhead + prefill + tokens["output_tokens"] / speed
         failed = np.clip(rng.lognormal(np.log(0.8), 1.0, n), 0.05, 60.0)
         latency = np.where(is_error, failed, latency)
-        stream = rng.random(n) < _feature_arrays()["stream_share"][feature]
+        stream = rng.random(n) < _FEATURE_ARRAYS["stream_share"][feature]
         return latency, np.minimum(ttft, latency), stream
 
     def _draw_parse(
@@ -485,7 +513,7 @@ class TrafficModel:
         outcome: npt.NDArray[np.int64],
     ) -> npt.NDArray[np.int64]:
         """1 parsed, 0 failed, -1 not attempted; truncated or refused output never parses."""
-        parses = _feature_arrays()["parses"][feature].astype(bool)
+        parses = _FEATURE_ARRAYS["parses"][feature].astype(bool)
         ok = rng.random(feature.shape[0]) >= self.parse_failure_rate
         bad_outcome = np.isin(outcome, (_LENGTH, _FILTER, _REFUSAL))
         return np.where(parses, np.where(ok & ~bad_outcome, 1, 0), -1).astype(np.int64)
@@ -523,28 +551,6 @@ class _Columns:
     def finish_reason(self) -> pl.Series:
         flat = [reason for p in PROVIDERS for reason in FINISH_VOCAB[p]]
         return pl.Series(flat).gather(self.provider * len(OUTCOMES) + self.outcome)
-
-
-def _feature_arrays() -> dict[str, npt.NDArray[np.float64]]:
-    return _FEATURE_ARRAYS
-
-
-def _model_arrays() -> dict[str, npt.NDArray[np.float64]]:
-    return _MODEL_ARRAYS
-
-
-_FEATURE_ARRAYS: Final = {
-    key: np.array([float(getattr(f, key)) for f in FEATURES])
-    for key in ("input_median", "input_sigma", "output_median", "output_sigma", "max_tokens",
-                "tool_share", "stream_share", "cache_share", "parses")
-}  # fmt: skip
-_MODEL_ARRAYS: Final = {
-    "window": np.array([float(m.context_window) for m in MODELS]),
-    "output_scale": np.array([m.output_scale for m in MODELS]),
-    "thinking_share": np.array([m.thinking_share for m in MODELS]),
-    "tokens_per_s": np.array([m.tokens_per_s for m in MODELS]),
-    "overhead": np.array([PROVIDER_OVERHEAD_S[m.provider] for m in MODELS]),
-}
 
 
 def _window(frames: list[pl.DataFrame], start_ms: int, end_ms: int) -> pl.DataFrame:

@@ -9,6 +9,11 @@ Decoding is the floor's (``floor.calls_from_proto``; ``span_json`` uses Quix's o
 deserializer and ``floor.call_from_json``).  The p95 is exact: latencies are kept with Quix's
 ``Collect`` and ranked when the window closes.
 
+The harness starts this job on an empty topic and produces the backlog once every process of
+the group has its partitions (``QUIX-ASSIGNED`` lines on stderr): Quix state recovery after a
+rebalance trips over tansu's under-reported high watermarks, and the consumer-group join is not
+what is being measured.
+
 Quix closes windows only when newer data arrives (no wall-clock closing).  When this job has
 seen no message for ``--idle-mark`` seconds it prints ``QUIX-IDLE`` on stderr; the harness then
 appends, to every input partition, calls that lie past every window end plus the grace, for 64
@@ -33,6 +38,7 @@ Runs in its own virtualenv (Quix Streams 3.x pins confluent-kafka < 2.13); print
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -87,13 +93,29 @@ class Run:
             self.t_close, self.cpu_close = now, time.process_time()
         return call
 
-    def watch_idle(self, idle_s: float, stop: threading.Event) -> None:
-        """Print ``QUIX-IDLE`` once the backlog has been quiet for ``idle_s`` (the harness waits for it)."""
+    def on_late(self, *_args: Any, **_kwargs: Any) -> bool:
+        self.late += 1
+        return False  # do not log every late record
+
+    def watch(self, app: Application, topic: str, idle_s: float, stop: threading.Event) -> None:
+        """Report input-partition assignments and, once, a quiet backlog on stderr for the harness.
+
+        ``QUIX-ASSIGNED 0,2`` whenever this process's assignment changes (the harness produces the
+        backlog only when the group has settled, so no rebalance happens mid-backlog), and
+        ``QUIX-IDLE`` when no message arrived for ``idle_s`` after the backlog started.
+        """
+        last: list[int] | None = None
+        idle_sent = False
         while not stop.wait(0.2):
-            if self.t_seen and not self.t_close and time.time() - self.t_seen > idle_s:
-                sys.stderr.write("QUIX-IDLE\n")
-                sys.stderr.flush()
-                return
+            with contextlib.suppress(Exception):  # the consumer may not exist yet
+                parts = sorted(tp.partition for tp in app._consumer.assignment() if tp.topic == topic)
+                if parts != last:
+                    last = parts
+                    _say(f"QUIX-ASSIGNED {','.join(map(str, parts))}")
+            if not idle_sent and self.t_seen and not self.t_close and time.time() - self.t_seen > idle_s:
+                idle_sent = True
+                _say("QUIX-IDLE")
+
 
     def add(self, window: dict[str, Any]) -> None:
         self.windows += 1
@@ -106,9 +128,10 @@ class Run:
         self.t_last = time.time()
         self.cpu_last = time.process_time()
 
-    def on_late(self, *_args: Any, **_kwargs: Any) -> bool:
-        self.late += 1
-        return False  # do not log every late record
+
+def _say(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def p95(values: list[float]) -> float:
@@ -176,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         build(app, args.topic, args.encoding, int(args.grace_s * 1000), run)
         stop = threading.Event()
-        threading.Thread(target=run.watch_idle, args=(args.idle_mark, stop), daemon=True).start()
+        threading.Thread(target=run.watch, args=(app, args.topic, args.idle_mark, stop), daemon=True).start()
         t0, cpu0 = time.time(), time.process_time()
         app.run(timeout=args.idle_timeout, collect=False)
         t1, cpu1 = time.time(), time.process_time()
