@@ -171,6 +171,7 @@ class Settings:
     context_windows: Mapping[str, int] = field(default_factory=dict)
     dead_letter_payloads: bool = True
     hash_tenant_ids: bool = False
+    tenant_salt: str = ""
     detectors: Mapping[str, Any] = field(default_factory=dict)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     recovery: RecoverySettings = field(default_factory=RecoverySettings)
@@ -439,7 +440,12 @@ def from_mapping(raw: Mapping[str, Any]) -> Settings:
     dl = _table(raw, "dead_letter")
     _reject_unknown("dead_letter", dl, {"include_payload"})
     privacy = _table(raw, "privacy")
-    _reject_unknown("privacy", privacy, {"hash_tenant_ids"})
+    _reject_unknown("privacy", privacy, {"hash_tenant_ids", "tenant_salt"})
+    hash_ids = _expect("privacy.hash_tenant_ids", privacy.get("hash_tenant_ids", False), bool, "true or false")
+    salt = _expect("privacy.tenant_salt", privacy.get("tenant_salt", ""), str, "a secret string, env:VAR or file:/path")
+    if hash_ids and not salt:
+        msg = "privacy.tenant_salt: required when hash_tenant_ids = true; set it to env:VAR or file:/path"
+        raise ConfigError(msg)
     return Settings(
         kafka=_kafka(raw),
         inputs=_inputs(raw),
@@ -450,7 +456,8 @@ def from_mapping(raw: Mapping[str, Any]) -> Settings:
         pricing=_pricing(raw),
         context_windows=_context_windows(raw),
         dead_letter_payloads=_expect("dead_letter.include_payload", dl.get("include_payload", True), bool, "true or false"),
-        hash_tenant_ids=_expect("privacy.hash_tenant_ids", privacy.get("hash_tenant_ids", False), bool, "true or false"),
+        hash_tenant_ids=hash_ids,
+        tenant_salt=_resolve_secret("privacy.tenant_salt", salt) if hash_ids else "",
         detectors=_table(raw, "detectors"),
         metrics=_metrics(raw),
         recovery=_recovery(raw),

@@ -80,7 +80,7 @@ class Options:
     seed: int = 1
     peer_lateness_s: float = 12 * HOUR_S
     quix_python: str = DEFAULT_QUIX_PY
-    quix_idle_s: float = 6.0
+    quix_idle_s: float = 9.0  # > the job's 3 s QUIX-IDLE mark + time to produce the sentinels
     timeout_s: float = 600.0
     workdir: str = ""
     write: str = ""
@@ -126,7 +126,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         latency_s=a.latency_s,
     )  # fmt: skip
     if a.quick:
-        o.runs, o.proto_spans, o.json_spans, o.quix_idle_s = 1, 30_000, 50_000, 4.0
+        o.runs, o.proto_spans, o.json_spans = 1, 30_000, 50_000
     o.runs = a.runs or o.runs
     o.proto_spans = a.proto_spans or o.proto_spans
     o.json_spans = a.json_spans or o.json_spans
@@ -525,6 +525,7 @@ class Runner:
         if m.variant == "quix":
             m.extra["group_join_s"] = round(max(o["join_s"] for o in outs), 2)
             m.extra["cpu_run_s"] = round(sum(o["cpu_run_s"] for o in outs), 2)
+            m.extra["errors"] = [o["error"] for o in outs if o.get("error")]
         got = self._totals(m.variant, outs, Path(self.workdir / f"{tag}-rollups"))
         m.extra.update({k: v for k, v in got.items() if k in ("late", "windows", "dead_letters", "skipped", "late_calls")})
         m.problems += compare(got, b, m.variant)

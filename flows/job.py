@@ -22,6 +22,7 @@ from spanpulse.schemas.batch import BatchDecoder, BatchProcessor
 from spanpulse.schemas.conventions import AttributeKeys
 from spanpulse.schemas.decode import Decoder
 from spanpulse.schemas.pricing import Pricing
+from spanpulse.schemas.privacy import TenantHasher
 from spanpulse.sinks.kafka_source import SpanSource
 from spanpulse.sinks.metrics import Metrics
 from spanpulse.sinks.observer import MetricsObserver
@@ -58,7 +59,8 @@ def make_processor(settings: Settings) -> BatchProcessor:
         fill_threshold=thr,
         exemplars=settings.rollups.exemplars,
     )
-    return BatchProcessor(decoders, agg)
+    hasher = TenantHasher(settings.tenant_salt.encode()) if settings.hash_tenant_ids else None
+    return BatchProcessor(decoders, agg, tenant_hasher=hasher)
 
 
 def build_job(settings: Settings, *, bounded: bool = False, registry: CollectorRegistry | None = None) -> Job:

@@ -106,7 +106,10 @@ def build_flow(params: FlowParams, source: Source[RawBatch], sinks: FlowSinks, f
     op.output("dead_letter_out", dead, sinks.dead_letters)
 
     by_partition = op.map("key_by_partition", batches, lambda b: (b.partition_id, b))
-    routed = op.stateful_flat_map("track_partition_progress", by_partition, _TrackStep(params))
+    # Window-shaped state is versioned by the window length: a changed length starts it fresh
+    # instead of misreading old windows (see docs/reliability.md, "Changing the configuration").
+    v = f"w{params.window_ms}"
+    routed = op.stateful_flat_map(f"track_partition_progress_{v}", by_partition, _TrackStep(params))
     routed = op.map("drop_partition_key", routed, lambda kv: kv[1])
     split = op.branch("split_reports", routed, lambda r: r[0] == "report")
     reports = op.map("key_report", split.trues, lambda r: (r[1], r[2]))
@@ -116,16 +119,17 @@ def build_flow(params: FlowParams, source: Source[RawBatch], sinks: FlowSinks, f
     op.inspect("observe_late", late_rows, lambda _s, tr: obs.on_late(tr[1]))
     partials = op.map("key_partial", late_split.falses, lambda r: (r[1], r[2]))
 
-    closes = op.stateful_flat_map("close_windows", reports, _CloseStep(params, obs))
+    closes = op.stateful_flat_map(f"close_windows_{v}", reports, _CloseStep(params, obs))
     closes = op.map("key_close", closes, lambda kv: kv[1])
     window_inputs = op.merge("window_inputs", partials, closes)
-    finals = op.stateful_flat_map("merge_windows", window_inputs, _MergeStep(agg))
+    finals = op.stateful_flat_map(f"merge_windows_{v}", window_inputs, _MergeStep(agg))
     finals = op.map("drop_window_key", finals, lambda kv: kv[1])
     op.inspect("observe_window", finals, lambda _s, rows: obs.on_window(rows))
 
     tagged = op.map("tag_final", finals, lambda rows: ("final", rows))
     all_rows = op.merge("final_and_late", tagged, late_rows)
-    by_grain = op.flat_map("split_by_grain", all_rows, _split_by_grain)
+    grain_names = frozenset(".".join(d) for d in params.grains)
+    by_grain = op.flat_map("split_by_grain", all_rows, lambda tr: _split_by_grain(tr, grain_names))
     limited = op.stateful_map("limit_cardinality", by_grain, _LimitStep(params))
     limited = op.map("drop_grain_key", limited, lambda kv: kv[1])
     op.inspect("observe_rollup", limited, lambda _s, tr: obs.on_rollup(tr[1]))
@@ -146,6 +150,8 @@ class _TrackStep:
         p = self.params
         if state is None:
             state = PartitionTracker(batch.partition_id, p.window_ms, p.lateness_ms, p.idle_timeout_ms)
+        # Parameters come from the current config; only event-time progress is restored state.
+        state.lateness_ms, state.idle_timeout_ms = p.lateness_ms, p.idle_timeout_ms
         on_time, late, report = state.split(
             batch.partials, wall_ms=batch.wall_ms, max_event_ms=batch.max_event_ms, eof=batch.eof
         )
@@ -164,6 +170,7 @@ class _CloseStep:
     def __call__(self, state: WindowCloser | None, report: SealReport) -> tuple[WindowCloser, Iterable[Any]]:
         if state is None:
             state = WindowCloser(self.params.partitions, self.params.window_ms)
+        state.partitions = self.params.partitions  # topics/partitions may change across restarts
         orders = state.report(report)
         self.observer.on_close(state.closed_upto_ms)
         return state, [(f"w{o.window_start_ms}", o) for o in orders]
@@ -196,9 +203,13 @@ def _finalize_late(agg: Aggregator, routed: tuple[str, str, pl.DataFrame]) -> tu
     return tag, agg.finalize(agg.merge([frame]), late=True)
 
 
-def _split_by_grain(tagged: tuple[str, pl.DataFrame]) -> list[tuple[str, tuple[str, pl.DataFrame]]]:
+def _split_by_grain(
+    tagged: tuple[str, pl.DataFrame], configured: frozenset[str]
+) -> list[tuple[str, tuple[str, pl.DataFrame]]]:
+    """Split a window's rows by grain, dropping grains no longer configured (after a restart)."""
     tag, rows = tagged
-    return [(str(g), (tag, part)) for (g,), part in rows.group_by("grain", maintain_order=True)]
+    parts = rows.group_by("grain", maintain_order=True)
+    return [(str(g), (tag, part)) for (g,), part in parts if g in configured]
 
 
 @dataclass
@@ -209,10 +220,11 @@ class _LimitStep:
         self, state: CardinalityLimiter | None, item: tuple[str, pl.DataFrame]
     ) -> tuple[CardinalityLimiter | None, tuple[str, pl.DataFrame]]:
         tag, rows = item
-        if state is None:
-            grain = str(rows["grain"][0])
-            dims = next(d for d in self.params.grains if ".".join(d) == grain)
-            state = CardinalityLimiter(dims, self.params.cardinality_limits, self.params.series_limit)
+        grain = str(rows["grain"][0])
+        dims = next(d for d in self.params.grains if ".".join(d) == grain)
+        fresh = CardinalityLimiter(dims, self.params.cardinality_limits, self.params.series_limit)
+        if state is None or state.version != fresh.version:  # changed limits start fresh
+            state = fresh
         return state, (tag, state.apply(rows))
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 import polars as pl
 
 from spanpulse.schemas.aggregate import Aggregator
+from spanpulse.schemas.privacy import TenantHasher
 
 if TYPE_CHECKING:
     from spanpulse.schemas.dead_letter import DeadLetter
@@ -73,6 +74,7 @@ class BatchProcessor:
     decoders: Mapping[str, BatchDecoder]
     aggregator: Aggregator
     timer: Callable[[], float] = field(default=time.perf_counter)
+    tenant_hasher: TenantHasher | None = None
 
     def process(self, raw: RawBatch) -> PartialBatch:
         """Decode and pre-aggregate; never raises for bad input (it becomes dead letters)."""
@@ -84,7 +86,10 @@ class BatchProcessor:
                 [], 0, 0, 0, {}, None, first, raw.lag, 0.0,
             )  # fmt: skip
         decoded = self.decoders[raw.encoding].decode(raw.messages)
-        partials = self.aggregator.partials(decoded.records)
+        records = decoded.records
+        if self.tenant_hasher is not None:
+            records = self.tenant_hasher.apply(records)
+        partials = self.aggregator.partials(records)
         return PartialBatch(
             partition_id=raw.partition_id,
             wall_ms=raw.wall_ms,

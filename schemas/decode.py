@@ -169,9 +169,11 @@ class Decoder:
             reason, detail = "protobuf_decode_error", f"not OTLP protobuf: {err}"
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             reason, detail = "json_decode_error", f"not valid JSON: {err}"
-        except (OtlpJsonError, TypeError, AttributeError, ValueError) as err:
+        except OtlpJsonError as err:  # our own message: names fields, never echoes values
+            reason, detail = "schema_violation", f"not OTLP trace data: {err}"
+        except (TypeError, AttributeError, ValueError) as err:  # type name only: no values
             reason = "schema_violation" if self.encoding == "otlp_json" else "protobuf_decode_error"
-            detail = f"not OTLP trace data: {type(err).__name__}: {err}"
+            detail = f"not OTLP trace data ({type(err).__name__})"
         except Exception as err:  # noqa: BLE001 - anything else in a message is that message's fault
             reason, detail = "decode_error", f"unexpected {type(err).__name__} while decoding"
         dead.append(_message_dl(message, reason, detail))

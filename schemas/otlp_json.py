@@ -123,7 +123,7 @@ def _fill(
         if kind == _PRESENCE:
             vals[slot], ranks[slot] = True, rank
             continue
-        raw_value = kv.get("value", {})
+        raw_value = kv.get("value") or {}
         if kind == _STR and raw_value.get("stringValue").__class__ is str:
             vals[slot], ranks[slot] = raw_value["stringValue"], rank
             continue
@@ -162,10 +162,13 @@ def _hex_id(raw: Any, size: int) -> str | None:
 def _nanos(raw: Any) -> int:
     if raw is None or raw == "":
         return 0
+    msg = "OTLP/JSON timestamps must be integers or integer strings"
     if isinstance(raw, bool) or not isinstance(raw, int | str):
-        msg = "OTLP/JSON timestamps must be integers or integer strings"
         raise OtlpJsonError(msg)
-    return int(raw)
+    try:
+        return int(raw)
+    except ValueError:
+        raise OtlpJsonError(msg) from None
 
 
 class JsonExtractor:

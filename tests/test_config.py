@@ -91,3 +91,11 @@ def test_cli_rejects_bad_flag_in_one_line():
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0, proc.stderr
     assert "--workers" in proc.stderr
+
+
+def test_tenant_hashing_needs_a_salt_and_resolves_it_from_env(monkeypatch):
+    with pytest.raises(ConfigError, match="privacy.tenant_salt: required"):
+        from_mapping({"privacy": {"hash_tenant_ids": True}})
+    monkeypatch.setenv("SP_SALT", "pepper")
+    s = from_mapping({"privacy": {"hash_tenant_ids": True, "tenant_salt": "env:SP_SALT"}})
+    assert s.hash_tenant_ids and s.tenant_salt == "pepper"
