@@ -46,6 +46,7 @@ class EmbeddedBroker:
 
     port: int = 0
     log_path: Path | None = None
+    advertised_port: int | None = None  # e.g. a test proxy in front of the broker
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
@@ -58,8 +59,9 @@ class EmbeddedBroker:
         if not self.port:
             self.port = free_port()
         url = f"tcp://127.0.0.1:{self.port}"
+        advertised = f"tcp://127.0.0.1:{self.advertised_port or self.port}"
         cmd = [
-            broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+            broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", advertised,
             "--storage-engine", "memory://tansu/",
         ]  # fmt: skip
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115

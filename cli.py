@@ -164,7 +164,10 @@ def run_job(settings: Any, *, bounded: bool, workers: int = 1, status_interval: 
     stop = threading.Event()
     if not quiet:
         threading.Thread(target=_status_loop, args=(job.observer.stats, stop, status_interval), daemon=True).start()
-    _install_sigterm()
+    from spanpulse.sinks.kafka_source import STOP_REQUESTED
+
+    STOP_REQUESTED.clear()
+    _install_stop_handlers(STOP_REQUESTED)
     t0 = time.monotonic()
     try:
         cli_main(job.flow, workers_per_process=workers,
@@ -187,12 +190,22 @@ def _init_recovery(path: Path) -> Path:
     return path
 
 
-def _install_sigterm() -> None:
-    def _term(_sig: int, _frame: object) -> None:
-        raise KeyboardInterrupt
+def _install_stop_handlers(stopping: threading.Event) -> None:
+    """SIGTERM/SIGINT: stop reading, drain in-flight batches, exit 0; a second signal exits now.
+
+    Raising KeyboardInterrupt from a handler could land inside a sink's write and abort the
+    dataflow mid-batch; a flag the source checks between batches cannot.
+    """
+
+    def _stop(sig: int, _frame: object) -> None:
+        if stopping.is_set():
+            os._exit(128 + sig)
+        sys.stderr.write(f"spanpulse: {signal.Signals(sig).name} received; stopping after in-flight batches\n")
+        stopping.set()
 
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _term)
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
 
 
 def _status_loop(stats: Any, stop: threading.Event, interval: float) -> None:

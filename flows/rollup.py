@@ -92,6 +92,7 @@ class FlowParams:
     grains: tuple[tuple[str, ...], ...]
     cardinality_limits: Mapping[str, int] = field(default_factory=dict)
     series_limit: int = 5000
+    exemplars: int = 3
 
 
 def build_flow(params: FlowParams, source: Source[RawBatch], sinks: FlowSinks, flow_id: str = "spanpulse") -> Dataflow:
@@ -153,11 +154,12 @@ class _TrackStep:
         # Parameters come from the current config; only event-time progress is restored state.
         state.lateness_ms, state.idle_timeout_ms = p.lateness_ms, p.idle_timeout_ms
         on_time, late, report = state.split(
-            batch.partials, wall_ms=batch.wall_ms, max_event_ms=batch.max_event_ms, eof=batch.eof
+            batch.partials, wall_ms=batch.wall_ms, max_event_ms=batch.max_event_ms, eof=batch.eof,
+            may_idle=batch.caught_up,
         )
         out: list[Any] = [("partial", f"w{ws}", frame) for ws, frame in on_time.items()]
-        if not late.is_empty():
-            out.append(("late", f"{batch.partition_id}@{batch.first_offset}", late))
+        for (ws,), frame in late.group_by("window_start_ms", maintain_order=True):
+            out.append(("late", f"{batch.partition_id}@{batch.first_offset}@{ws}", frame))
         out.append(("report", CLOSER_KEY, report))
         return state, out
 
@@ -198,7 +200,7 @@ class _MergeStep:
 
 def _finalize_late(agg: Aggregator, routed: tuple[str, str, pl.DataFrame]) -> tuple[str, pl.DataFrame]:
     _, origin, frame = routed
-    topic_part, _, offset = origin.partition("@")
+    topic_part, offset, _ws = origin.split("@")
     tag = "late-" + topic_part.replace("#", "-p") + f"-o{offset}"
     return tag, agg.finalize(agg.merge([frame]), late=True)
 
@@ -222,7 +224,9 @@ class _LimitStep:
         tag, rows = item
         grain = str(rows["grain"][0])
         dims = next(d for d in self.params.grains if ".".join(d) == grain)
-        fresh = CardinalityLimiter(dims, self.params.cardinality_limits, self.params.series_limit)
+        fresh = CardinalityLimiter(
+            dims, self.params.cardinality_limits, self.params.series_limit, max_exemplars=self.params.exemplars
+        )
         if state is None or state.version != fresh.version:  # changed limits start fresh
             state = fresh
         return state, (tag, state.apply(rows))

@@ -18,7 +18,8 @@ from typing import Final
 import polars as pl
 
 from spanpulse.schemas.histogram import HIST_DTYPE, bucket_expr, hist_agg, hist_finish, merge_hist_frame
-from spanpulse.schemas.record import DIMENSIONS, FINISH_CLASSES, NANOS_PER_USD, UNKNOWN
+from spanpulse.schemas.record import DIMENSIONS, FINISH_CLASSES, UNKNOWN
+from spanpulse.schemas.rollup_schema import cost_usd_expr
 
 #: Integer columns that add up when partials merge.
 ADDITIVE: Final = (
@@ -147,7 +148,7 @@ class Aggregator:
             start.dt.cast_time_unit("us").alias("window_start"),
             (start + pl.duration(milliseconds=w)).dt.cast_time_unit("us").alias("window_end"),
             pl.lit(late).alias("late"),
-            (pl.col("cost_nanos") / NANOS_PER_USD).alias("cost_usd"),
+            cost_usd_expr(),
             pl.col("ex").list.eval(pl.element().struct.field("t")).alias("exemplar_trace_ids"),
         ).drop("ex", "window_start_ms").sort(["grain", "window_start", *DIMENSIONS], nulls_last=True)
 

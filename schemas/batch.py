@@ -32,6 +32,7 @@ class RawBatch:
     wall_ms: int  # wall clock at poll time (the source is the only reader of the clock)
     eof: bool = False  # a bounded run reached this partition's end offset
     lag: int | None = None  # messages behind the partition's high watermark
+    caught_up: bool = True  # broker reachable and nothing left to read: silence may mean idle
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class PartialBatch:
     first_offset: int | None
     lag: int | None
     seconds: float = 0.0
+    caught_up: bool = True
 
 
 class BatchDecoder(Protocol):
@@ -83,7 +85,7 @@ class BatchProcessor:
         if not raw.messages:
             return PartialBatch(
                 raw.partition_id, raw.wall_ms, raw.eof, self.aggregator.partials(pl.DataFrame()),
-                [], 0, 0, 0, {}, None, first, raw.lag, 0.0,
+                [], 0, 0, 0, {}, None, first, raw.lag, 0.0, raw.caught_up,
             )  # fmt: skip
         decoded = self.decoders[raw.encoding].decode(raw.messages)
         records = decoded.records
@@ -104,4 +106,5 @@ class BatchProcessor:
             first_offset=first,
             lag=raw.lag,
             seconds=self.timer() - t0,
+            caught_up=raw.caught_up,
         )

@@ -159,6 +159,8 @@ def quantile(counts: Mapping[int, int], q: float) -> float | None:
 
 
 #: DuckDB macros over ``STRUCT(b INTEGER, n BIGINT)[]`` columns, mirroring :func:`quantile`.
+#: List lambdas, not correlated subqueries: DuckDB decorrelates a subquery over a list argument
+#: into a window partitioned by the list value itself, which is quadratic in the row count.
 #: ``hist_merge(list(col))`` concatenates histograms of many rows (duplicates are fine:
 #: the quantile macro sums counts per bucket); ``hist_quantile(h, q)`` returns the estimate.
 DUCKDB_MACROS: Final = f"""
@@ -168,17 +170,9 @@ CREATE OR REPLACE MACRO hist_count(h) AS
 CREATE OR REPLACE MACRO hist_bucket_value(b) AS
     CASE WHEN b = {ZERO_BUCKET} THEN 0.0
          ELSE 2.0 * pow({BASE!r}, b + 1) / ({BASE!r} + 1.0) END;
-CREATE OR REPLACE MACRO hist_quantile(h, q) AS (
-    WITH cells AS (
-        SELECT c.b AS b, sum(c.n) AS n
-        FROM (SELECT unnest(h) AS c)
-        GROUP BY c.b
-    ), cum AS (
-        SELECT b, sum(n) OVER (ORDER BY b ROWS UNBOUNDED PRECEDING) AS seen,
-               sum(n) OVER () AS total
-        FROM cells
-    )
-    SELECT hist_bucket_value(min(b)) FROM cum
-    WHERE seen >= greatest(1, ceil(q * total))
-);
+CREATE OR REPLACE MACRO hist_quantile(h, q) AS hist_bucket_value(list_filter(
+    list_sort(list_distinct(list_transform(h, lambda c: c.b))),
+    lambda x: list_sum(list_transform(list_filter(h, lambda c: c.b <= x), lambda c: c.n))
+              >= greatest(1, ceil(q * hist_count(h)))
+)[1]);
 """

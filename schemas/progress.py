@@ -16,9 +16,11 @@ the *slowest* partition, as in Flink:
 3. :class:`WindowState` (keyed by window) collects partials and finalizes once it has the close
    order and exactly that many partials.
 
-A partition that is idle (no messages for ``idle_timeout_ms`` of wall time, as observed by the
-source and passed in -- logic never reads the clock) advances its watermark to ``wall time -
-idle_timeout``, so a quiet partition cannot stall windows.  At the end of a bounded run
+A partition that is idle (no messages for ``idle_timeout_ms`` of wall time while the consumer is
+caught up and the broker reachable, as observed by the source and passed in -- logic never reads
+the clock) advances its watermark to ``wall time - idle_timeout``, so a quiet partition cannot
+stall windows.  During a broker outage a partition is never idle, so the backlog that arrives
+after it is on time.  At the end of a bounded run
 (``--until-caught-up``) a partition seals everything.  The restored state after a restart holds
 only event times, so a downtime never turns the backlog late (the EventClock resume pitfall).
 """
@@ -72,7 +74,8 @@ class PartitionTracker:
     last_data_wall_ms: int | None = None
 
     def split(
-        self, partials: pl.DataFrame, *, wall_ms: int, max_event_ms: int | None, eof: bool
+        self, partials: pl.DataFrame, *, wall_ms: int, max_event_ms: int | None, eof: bool,
+        may_idle: bool = True,
     ) -> tuple[dict[int, pl.DataFrame], pl.DataFrame, SealReport]:
         """Split a batch's partial rows into on-time per-window frames and late rows.
 
@@ -95,12 +98,13 @@ class PartitionTracker:
                 on_time[int(ws)] = frame  # type: ignore[call-overload]
         if max_event_ms is not None:
             self.max_event_ms = max(self.max_event_ms or max_event_ms, max_event_ms)
-        self._advance(wall_ms, eof)
+        self._advance(wall_ms, eof, may_idle)
         report = SealReport(self.partition, self.sealed_upto_ms, {ws: 1 for ws in on_time})
         return on_time, late, report
 
-    def _advance(self, wall_ms: int, eof: bool) -> None:
-        if self.last_data_wall_ms is None:
+    def _advance(self, wall_ms: int, eof: bool, may_idle: bool) -> None:
+        if self.last_data_wall_ms is None or not may_idle:
+            # Not caught up, or the broker is unreachable: silence is not idleness.
             self.last_data_wall_ms = wall_ms
         if eof:
             self.sealed_upto_ms = END_OF_TIME_MS

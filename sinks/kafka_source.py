@@ -10,7 +10,9 @@ internal state.
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -61,6 +63,35 @@ def list_partitions(
     return out
 
 
+#: Set by the runner on SIGTERM/SIGINT; every source partition in the process stops reading.
+STOP_REQUESTED = threading.Event()
+
+
+@dataclass
+class BrokerHealth:
+    """Shared between a source's partitions: is the broker reachable, and should we stop?
+
+    ``on_change`` is called once per change (metrics and one log line, not one per retry).
+    ``stopping`` is set by the runner on SIGTERM/SIGINT: partitions stop reading, the dataflow
+    drains what is in flight and ends (open windows stay in the recovery state).
+    """
+
+    on_change: Callable[[bool], None] = lambda up: None
+    up: bool = True
+    _known: bool = False
+
+    @property
+    def stopping(self) -> threading.Event:
+        """The process-wide stop request (Bytewax copies sources, so it cannot live on them)."""
+        return STOP_REQUESTED
+
+    def report(self, up: bool) -> None:
+        """Record the broker state; notify on change."""
+        if up != self.up or not self._known:
+            self.up, self._known = up, True
+            self.on_change(up)
+
+
 @dataclass
 class _Partition(StatefulSourcePartition[RawBatch, int]):
     consumer: Consumer
@@ -74,6 +105,7 @@ class _Partition(StatefulSourcePartition[RawBatch, int]):
     clock: Callable[[], int]
     on_error: Callable[[str], None]
     bounded: bool = False
+    health: BrokerHealth = field(default_factory=lambda: BrokerHealth())
     _reached_end: bool = False
     _last_emit_ms: int = 0
     _eof_sent: bool = False
@@ -84,7 +116,7 @@ class _Partition(StatefulSourcePartition[RawBatch, int]):
         return f"{self.topic}#{self.partition}"
 
     def next_batch(self) -> list[RawBatch]:
-        if self._eof_sent:
+        if self._eof_sent or self.health.stopping.is_set():
             raise StopIteration
         msgs = self.consumer.consume(self.batch_size, self.poll_timeout_s)
         out: list[Message] = []
@@ -102,6 +134,8 @@ class _Partition(StatefulSourcePartition[RawBatch, int]):
             self.next_offset = off + 1
         now = self.clock()
         self._idle_until = None
+        if msgs:
+            self.health.report(True)
         if out:
             return [self._emit(out, eof=self._at_end())]
         if self._at_end():
@@ -121,7 +155,9 @@ class _Partition(StatefulSourcePartition[RawBatch, int]):
         now = self.clock()
         self._last_emit_ms = now
         self._eof_sent = eof
-        return RawBatch(self.partition_id, self.encoding, messages, now, eof, self._lag())
+        lag = self._lag()
+        caught_up = self.health.up and not messages and (lag is None or lag == 0)
+        return RawBatch(self.partition_id, self.encoding, messages, now, eof, lag, caught_up)
 
     def _lag(self) -> int | None:
         try:
@@ -164,7 +200,26 @@ class SpanSource(FixedPartitionedSource[RawBatch, int]):
     poll_timeout_s: float = 0.05
     clock: Callable[[], int] = _now_ms
     on_error: Callable[[str], None] = field(default=lambda m: log.warning("kafka: %s", m))
+    health: BrokerHealth = field(default_factory=lambda: BrokerHealth())
     _parts: list[tuple[str, int]] | None = field(default=None, init=False, repr=False)
+
+    def _error_cb(self, err: KafkaError) -> None:
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            self.health.report(False)
+        self.on_error(err.str())
+
+    def _stats_cb(self, stats_json: str) -> None:
+        """Broker reachability from librdkafka's statistics (every ``statistics.interval.ms``).
+
+        A single dropped idle connection is not an outage; "no known broker is UP" is.
+        """
+        try:
+            brokers = json.loads(stats_json).get("brokers", {}).values()
+        except ValueError:
+            return
+        known = [b for b in brokers if b.get("nodeid", -1) >= 0]
+        if known:
+            self.health.report(any(b.get("state") == "UP" for b in known))
 
     def partitions(self) -> list[tuple[str, int]]:
         """Return (and cache) the partitions of every input topic."""
@@ -189,10 +244,11 @@ class SpanSource(FixedPartitionedSource[RawBatch, int]):
             "enable.auto.commit": "false",
             "enable.auto.offset.store": "false",
             "enable.partition.eof": "true" if self.bounded else "false",
-            "statistics.interval.ms": "5000",
+            "statistics.interval.ms": "2000",
             "fetch.wait.max.ms": "50",
             "log_level": "3",
-            "error_cb": lambda err: self.on_error(str(err)),
+            "error_cb": self._error_cb,
+            "stats_cb": self._stats_cb,
         }
         consumer = Consumer(conf)
         start = resume_state

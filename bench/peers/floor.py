@@ -47,11 +47,18 @@ PRICES: dict[str, tuple[float, float]] = {
 }
 FINISH_CLASSES = ("error", "content_filter", "length", "tool_calls", "stop", "other")
 _FINISH: dict[str, str] = {
-    "stop": "stop", "end_turn": "stop", "stop_sequence": "stop",
-    "length": "length", "max_tokens": "length",
-    "tool_calls": "tool_calls", "tool_use": "tool_calls", "tool_call": "tool_calls",
-    "content_filter": "content_filter", "safety": "content_filter", "refusal": "content_filter",
-}  # fmt: skip
+    "stop": "stop",
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "length": "length",
+    "max_tokens": "length",
+    "tool_calls": "tool_calls",
+    "tool_use": "tool_calls",
+    "tool_call": "tool_calls",
+    "content_filter": "content_filter",
+    "safety": "content_filter",
+    "refusal": "content_filter",
+}
 LLM_OPERATIONS = frozenset({"chat", "text_completion", "generate_content"})
 TENANT_KEYS = ("tenant.id", "app.tenant_id")
 _STATUS_ERROR = 2
@@ -151,11 +158,18 @@ def calls_from_proto(data: bytes) -> list[Call]:
         reasons = a.get("gen_ai.response.finish_reasons") or [None]
         err = span.status.code == _STATUS_ERROR or "error.type" in a
         tenant = next((str(a[k]) for k in TENANT_KEYS if k in a), "unknown")
-        out.append(Call(
-            tenant, model, span.end_time_unix_nano // 1_000_000, tin, tout,
-            cost_usd(model, tin, tout), finish_class(reasons[0], err),
-            (span.end_time_unix_nano - span.start_time_unix_nano) / 1e9,
-        ))  # fmt: skip
+        out.append(
+            Call(
+                tenant,
+                model,
+                span.end_time_unix_nano // 1_000_000,
+                tin,
+                tout,
+                cost_usd(model, tin, tout),
+                finish_class(reasons[0], err),
+                (span.end_time_unix_nano - span.start_time_unix_nano) / 1e9,
+            )
+        )
     return out
 
 
@@ -177,15 +191,24 @@ def call_from_json(obj: dict[str, Any]) -> Call:
     tin = int(obj.get("input_tokens") or 0)
     tout = int(obj.get("output_tokens") or 0)
     return Call(
-        str(obj.get("tenant") or "unknown"), model, end, tin, tout, cost_usd(model, tin, tout),
-        finish_class(obj.get("finish_reason"), bool(obj.get("error"))), latency,
-    )  # fmt: skip
+        str(obj.get("tenant") or "unknown"),
+        model,
+        end,
+        tin,
+        tout,
+        cost_usd(model, tin, tout),
+        finish_class(obj.get("finish_reason"), bool(obj.get("error"))),
+        latency,
+    )
 
 
 # ------------------------------------------------------------------ the floor itself
 def end_offsets(consumer: Consumer, topic: str, partitions: Sequence[int]) -> dict[int, int]:
     """High watermarks of ``partitions`` at start: the backlog to drain."""
-    return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
+    return {
+        p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+        for p in partitions
+    }
 
 
 def all_partitions(consumer: Consumer, topic: str) -> list[int]:
@@ -218,7 +241,9 @@ class FloorCounter:
 
             import polars as pl
 
-            df = pl.read_ndjson(io.BytesIO(b"\n".join(values)), schema_overrides={"input_tokens": pl.Int64})
+            df = pl.read_ndjson(
+                io.BytesIO(b"\n".join(values)), schema_overrides={"input_tokens": pl.Int64}
+            )
             self.spans += df.height
             self.llm_spans += df.height
             self.input_tokens += int(df.get_column("input_tokens").sum() or 0)
@@ -226,10 +251,15 @@ class FloorCounter:
 
 def drain(args: argparse.Namespace) -> dict[str, Any]:
     """Read the assigned partitions from the beginning to their end offsets at start."""
-    consumer = Consumer({
-        "bootstrap.servers": args.bootstrap, "group.id": "floor", "enable.auto.commit": False,
-        "enable.partition.eof": False, **FETCH_CONFIG,
-    })  # fmt: skip
+    consumer = Consumer(
+        {
+            "bootstrap.servers": args.bootstrap,
+            "group.id": "floor",
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+            **FETCH_CONFIG,
+        }
+    )
     parts = args.partitions or all_partitions(consumer, args.topic)
     ends = {p: e for p, e in end_offsets(consumer, args.topic, parts).items() if e > 0}
     counter = FloorCounter(args.encoding)
@@ -237,23 +267,30 @@ def drain(args: argparse.Namespace) -> dict[str, Any]:
     consumer.assign([TopicPartition(args.topic, p, OFFSET_BEGINNING) for p in ends])
     while ends:
         msgs = consumer.consume(num_messages=args.batch, timeout=1.0)
-        values = []
+        values: list[bytes] = []
         for m in msgs:
-            if m.error():
-                raise RuntimeError(str(m.error()))
-            values.append(m.value())
-            if m.offset() + 1 >= ends.get(m.partition(), 1 << 62):
-                del ends[m.partition()]
+            value, part, off = m.value(), m.partition(), m.offset()
+            if m.error() or value is None or part is None or off is None:
+                raise RuntimeError(f"unexpected message: {m.error()}")
+            values.append(value)
+            if off + 1 >= ends.get(part, 1 << 62):
+                del ends[part]
         if values:
             counter.add(values)
     t1, cpu1 = time.time(), time.process_time()
     consumer.close()
     return {
-        "variant": "floor", "messages": counter.messages, "spans": counter.spans,
-        "calls": counter.llm_spans, "input_tokens": counter.input_tokens,
-        "t_start": t0, "t_end": t1, "active_s": t1 - t0, "cpu_active_s": cpu1 - cpu0,
+        "variant": "floor",
+        "messages": counter.messages,
+        "spans": counter.spans,
+        "calls": counter.llm_spans,
+        "input_tokens": counter.input_tokens,
+        "t_start": t0,
+        "t_end": t1,
+        "active_s": t1 - t0,
+        "cpu_active_s": cpu1 - cpu0,
         "maxrss_kb": peak_rss_kb(),
-    }  # fmt: skip
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -261,8 +298,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--bootstrap", required=True)
     p.add_argument("--topic", required=True)
     p.add_argument("--encoding", choices=("otlp_proto", "span_json"), required=True)
-    p.add_argument("--partitions", type=lambda s: [int(x) for x in s.split(",") if x], default=None,
-                   help="comma-separated partition ids (default: all)")
+    p.add_argument(
+        "--partitions",
+        type=lambda s: [int(x) for x in s.split(",") if x],
+        default=None,
+        help="comma-separated partition ids (default: all)",
+    )
     p.add_argument("--batch", type=int, default=5000, help="messages per consume() call")
     sys.stdout.write(json.dumps(drain(p.parse_args(argv))) + "\n")
     return 0

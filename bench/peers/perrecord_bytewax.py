@@ -32,12 +32,11 @@ from typing import Any
 
 import bytewax.operators as op
 import bytewax.operators.windowing as win
-from bytewax.connectors.kafka import KafkaSource, KafkaSourceMessage
+import floor
+from bytewax.connectors.kafka import KafkaError, KafkaSource, KafkaSourceMessage
 from bytewax.dataflow import Dataflow
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.run import cli_main
-
-import floor
 from floor import Call
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -85,10 +84,14 @@ def p95(values: list[float]) -> float:
 def summarize(item: tuple[str, tuple[int, WindowAcc]]) -> dict[str, Any]:
     key, (_wid, acc) = item
     return {
-        "key": key, "calls": acc.calls, "input_tokens": acc.input_tokens,
-        "output_tokens": acc.output_tokens, "cost_usd": acc.cost_usd, "finish": acc.finish,
+        "key": key,
+        "calls": acc.calls,
+        "input_tokens": acc.input_tokens,
+        "output_tokens": acc.output_tokens,
+        "cost_usd": acc.cost_usd,
+        "finish": acc.finish,
         "p95_latency_s": p95(acc.latencies),
-    }  # fmt: skip
+    }
 
 
 class Totals:
@@ -139,11 +142,14 @@ class _Decoder:
         self.encoding = encoding
         self.t_first = 0.0
 
-    def __call__(self, msg: KafkaSourceMessage[Any, Any]) -> list[Call]:
+    def __call__(self, msg: KafkaSourceMessage[Any, Any] | KafkaError[Any, Any]) -> list[Call]:
         if not self.t_first:
             self.t_first = time.time()
+        if isinstance(msg, KafkaError):  # not produced: raise_on_errors=True raises instead
+            raise RuntimeError(str(msg.err))
         if self.encoding == "otlp_proto":
-            return floor.calls_from_proto(msg.value)
+            calls: list[Call] = floor.calls_from_proto(msg.value)
+            return calls
         return [floor.call_from_json(json.loads(msg.value))]
 
 
@@ -153,8 +159,16 @@ def _ts(c: Call) -> datetime:
 
 def build_flow(bootstrap: str, topic: str, decoder: _Decoder, lateness: timedelta) -> Dataflow:
     flow = Dataflow("perrecord")
-    msgs = op.input("kafka_in", flow, KafkaSource([bootstrap], [topic], tail=False,
-                                                  add_config={k: str(v) for k, v in floor.FETCH_CONFIG.items()}))
+    msgs = op.input(
+        "kafka_in",
+        flow,
+        KafkaSource(
+            [bootstrap],
+            [topic],
+            tail=False,
+            add_config={k: str(v) for k, v in floor.FETCH_CONFIG.items()},
+        ),
+    )
     calls = op.flat_map("decode", msgs, decoder)
     keyed = op.key_on("key_tenant_model", calls, lambda c: f"{c.tenant}|{c.model}")
     clock = win.EventClock(_ts, wait_for_system_duration=lateness, to_system_utc=lambda _t: None)
@@ -178,17 +192,30 @@ def main(argv: list[str] | None = None) -> int:
     decoder = _Decoder(args.encoding)
     flow = build_flow(args.bootstrap, args.topic, decoder, timedelta(seconds=args.lateness_s))
     t0, cpu0 = time.time(), time.process_time()
-    cli_main(flow, workers_per_process=1, process_id=args.process_id,
-             addresses=args.addresses.split(";") if args.addresses else None,
-             epoch_interval=timedelta(seconds=10))
+    cli_main(  # type: ignore[no-untyped-call]
+        flow,
+        workers_per_process=1,
+        process_id=args.process_id,
+        addresses=args.addresses.split(";") if args.addresses else None,
+        epoch_interval=timedelta(seconds=10),
+    )
     t1, cpu1 = time.time(), time.process_time()
     out = {
-        "variant": "perrecord", "windows": TOTALS.windows, "calls": TOTALS.calls,
-        "input_tokens": TOTALS.input_tokens, "output_tokens": TOTALS.output_tokens,
-        "cost_usd": TOTALS.cost_usd, "finish": TOTALS.finish, "late": TOTALS.late,
-        "t_start": t0, "t_first": decoder.t_first, "t_end": t1, "active_s": t1 - t0,
-        "cpu_active_s": cpu1 - cpu0, "maxrss_kb": floor.peak_rss_kb(),
-    }  # fmt: skip
+        "variant": "perrecord",
+        "windows": TOTALS.windows,
+        "calls": TOTALS.calls,
+        "input_tokens": TOTALS.input_tokens,
+        "output_tokens": TOTALS.output_tokens,
+        "cost_usd": TOTALS.cost_usd,
+        "finish": TOTALS.finish,
+        "late": TOTALS.late,
+        "t_start": t0,
+        "t_first": decoder.t_first,
+        "t_end": t1,
+        "active_s": t1 - t0,
+        "cpu_active_s": cpu1 - cpu0,
+        "maxrss_kb": floor.peak_rss_kb(),
+    }
     sys.stdout.write(json.dumps(out) + "\n")
     return 0
 

@@ -108,14 +108,20 @@ class Run:
         idle_sent = False
         while not stop.wait(0.2):
             with contextlib.suppress(Exception):  # the consumer may not exist yet
-                parts = sorted(tp.partition for tp in app._consumer.assignment() if tp.topic == topic)
+                parts = sorted(
+                    tp.partition for tp in app._consumer.assignment() if tp.topic == topic
+                )
                 if parts != last:
                     last = parts
                     _say(f"QUIX-ASSIGNED {','.join(map(str, parts))}")
-            if not idle_sent and self.t_seen and not self.t_close and time.time() - self.t_seen > idle_s:
+            if (
+                not idle_sent
+                and self.t_seen
+                and not self.t_close
+                and time.time() - self.t_seen > idle_s
+            ):
                 idle_sent = True
                 _say("QUIX-IDLE")
-
 
     def add(self, window: dict[str, Any]) -> None:
         self.windows += 1
@@ -140,7 +146,9 @@ def p95(values: list[float]) -> float:
 
 
 def to_calls(value: Any, encoding: str) -> list[dict[str, Any]]:
-    calls = floor.calls_from_proto(value) if encoding == "otlp_proto" else [floor.call_from_json(value)]
+    calls = (
+        floor.calls_from_proto(value) if encoding == "otlp_proto" else [floor.call_from_json(value)]
+    )
     return [c._asdict() for c in calls]
 
 
@@ -157,8 +165,10 @@ def flatten(window: dict[str, Any]) -> dict[str, Any]:
 
 
 def build(app: Application, topic_name: str, encoding: str, grace_ms: int, run: Run) -> None:
-    deser = "bytes" if encoding == "otlp_proto" else "json"
-    sdf = app.dataframe(app.topic(topic_name, value_deserializer=deser))
+    topic = app.topic(
+        topic_name, value_deserializer="bytes" if encoding == "otlp_proto" else "json"
+    )
+    sdf = app.dataframe(topic)
     sdf = sdf.apply(run.first)
     sdf = sdf.apply(lambda v: to_calls(v, encoding), expand=True)
     sdf = sdf.set_timestamp(lambda value, _key, _ts, _headers: value["end_ms"])
@@ -187,19 +197,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--encoding", choices=("otlp_proto", "span_json"), required=True)
     p.add_argument("--group", required=True, help="consumer group (fresh per benchmark run)")
     p.add_argument("--grace-s", type=float, default=12 * 3600.0)
-    p.add_argument("--idle-timeout", type=float, default=10.0, help="stop after this many quiet seconds")
-    p.add_argument("--idle-mark", type=float, default=3.0, help="quiet seconds before printing QUIX-IDLE")
+    p.add_argument(
+        "--idle-timeout", type=float, default=10.0, help="stop after this many quiet seconds"
+    )
+    p.add_argument(
+        "--idle-mark", type=float, default=3.0, help="quiet seconds before printing QUIX-IDLE"
+    )
     args = p.parse_args(argv)
     run = Run()
     with tempfile.TemporaryDirectory(prefix="quix-state-") as state_dir:
         app = Application(
-            broker_address=args.bootstrap, consumer_group=args.group, auto_offset_reset="earliest",
-            state_dir=state_dir, loglevel="WARNING",
+            broker_address=args.bootstrap,
+            consumer_group=args.group,
+            auto_offset_reset="earliest",
+            state_dir=state_dir,
+            loglevel="WARNING",
             consumer_extra_config={"session.timeout.ms": 6000, "heartbeat.interval.ms": 300},
-        )  # fmt: skip
+        )
         build(app, args.topic, args.encoding, int(args.grace_s * 1000), run)
         stop = threading.Event()
-        threading.Thread(target=run.watch, args=(app, args.topic, args.idle_mark, stop), daemon=True).start()
+        threading.Thread(
+            target=run.watch, args=(app, args.topic, args.idle_mark, stop), daemon=True
+        ).start()
         t0, cpu0 = time.time(), time.process_time()
         error = ""
         try:
@@ -212,16 +231,29 @@ def main(argv: list[str] | None = None) -> int:
         t1, cpu1 = time.time(), time.process_time()
         stop.set()
     out = {
-        "variant": "quix", "windows": run.windows, "calls": run.calls,
-        "input_tokens": run.input_tokens, "output_tokens": run.output_tokens,
-        "cost_usd": run.cost_usd, "finish": run.finish, "late": run.late,
-        "t_start": t0, "t_first": run.t_first, "t_last_data": run.t_last_data, "t_close": run.t_close,
+        "variant": "quix",
+        "windows": run.windows,
+        "calls": run.calls,
+        "input_tokens": run.input_tokens,
+        "output_tokens": run.output_tokens,
+        "cost_usd": run.cost_usd,
+        "finish": run.finish,
+        "late": run.late,
+        "t_start": t0,
+        "t_first": run.t_first,
+        "t_last_data": run.t_last_data,
+        "t_close": run.t_close,
         "t_end": run.t_last or t1,
-        "active_s": (run.t_last_data - run.t_first) + (run.t_last - run.t_close) if run.t_close else 0.0,
-        "join_s": (run.t_first - t0) if run.t_first else 0.0, "exit_s": t1 - t0,
+        "active_s": (run.t_last_data - run.t_first) + (run.t_last - run.t_close)
+        if run.t_close
+        else 0.0,
+        "join_s": (run.t_first - t0) if run.t_first else 0.0,
+        "exit_s": t1 - t0,
         "cpu_active_s": (run.cpu_last_data - run.cpu_first) + (run.cpu_last - run.cpu_close),
-        "cpu_run_s": cpu1 - cpu0, "error": error, "maxrss_kb": floor.peak_rss_kb(),
-    }  # fmt: skip
+        "cpu_run_s": cpu1 - cpu0,
+        "error": error,
+        "maxrss_kb": floor.peak_rss_kb(),
+    }
     sys.stdout.write(json.dumps(out) + "\n")
     return 0
 
