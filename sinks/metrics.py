@@ -294,6 +294,7 @@ class Metrics:
             _check_bounds("latency_buckets", latency_buckets),
             _check_bounds("fill_buckets", fill_buckets),
         )
+        self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
         self._guards = {
             name: _LabelGuard(name, max_series, self._label_overflow)
             for name in ("llm_calls", "llm_model", "llm_prompt", "spanpulse_engine")
@@ -446,21 +447,31 @@ class Metrics:
     def _rows_of(rows: pl.DataFrame, grain: str) -> Iterator[dict[str, Any]]:
         return rows.filter(pl.col("grain") == grain).iter_rows(named=True)
 
+    def _child(self, attr: str, labels: tuple[str, ...]) -> Any:
+        """Return the labelled child of a metric, cached: ``labels()`` costs microseconds and a
+        backlog replay calls it for every row.  Bounded: label sets pass the series guards."""
+        key = (attr, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = getattr(self, attr).labels(*labels)
+            self._children[key] = child
+        return child
+
     def _observe_calls(self, rows: Iterable[dict[str, Any]]) -> None:
         for row in rows:
             labels = self._guards["llm_calls"].admit(self._calls_family.label_values(row))
             # Every series of a label set is created at once (zero increments included):
             # increase() cannot see the first jump of a series that appears mid-stream.
             for column, attr, extra in _CALL_COLUMNS:
-                getattr(self, attr).labels(*labels, *extra).inc(row.get(column) or 0)
+                self._child(attr, (*labels, *extra)).inc(row.get(column) or 0)
             nanos = row.get("cost_nanos") or 0
-            self.cost.labels(*labels).inc(nanos / 1e9)
+            self._child("cost", labels).inc(nanos / 1e9)
 
     def _observe_prompts(self, rows: Iterable[dict[str, Any]]) -> None:
         for row in rows:
             labels = self._guards["llm_prompt"].admit(self._prompt_family.label_values(row))
             for column, attr in _PROMPT_COLUMNS:
-                getattr(self, attr).labels(*labels).inc(row.get(column) or 0)
+                self._child(attr, labels).inc(row.get(column) or 0)
 
     def _observe_histograms(self, rows: Iterable[dict[str, Any]]) -> None:
         for row in rows:
