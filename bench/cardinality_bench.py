@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import polars as pl
 import pyarrow as pa
+
 from spanpulse.schemas.cardinality import CardinalityLimiter
 from spanpulse.schemas.histogram import HIST_DTYPE
 from spanpulse.schemas.record import DIMENSIONS, OTHER

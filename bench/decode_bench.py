@@ -18,6 +18,7 @@ import time
 from google.protobuf.json_format import MessageToDict
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
+
 from spanpulse.schemas.conventions import AttributeKeys
 from spanpulse.schemas.decode import Decoder, Message
 from spanpulse.schemas.pricing import Pricing

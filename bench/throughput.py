@@ -1421,6 +1421,7 @@ def spanpulse_proc(argv: Sequence[str]) -> int:
     p.add_argument("--addresses")
     a = p.parse_args(argv)
     import bytewax.run  # noqa: F401  (imports before the clock starts)
+
     import spanpulse.cli
     import spanpulse.flows.job  # noqa: F401
 
@@ -1465,6 +1466,7 @@ def _cluster_run(config: str, process_id: int, addresses: list[str]) -> dict[str
     from datetime import timedelta
 
     from bytewax.run import cli_main
+
     from spanpulse.config import load
     from spanpulse.flows.job import build_job
 

@@ -1,5 +1,7 @@
-"""Crash drill: kill -9 the job at random points while a stream is flowing, restart it each time,
-and check that the Parquet rollups equal those of an uninterrupted run over the same input.
+"""Crash drill: kill -9 the job mid-stream, restart it, and compare with an uninterrupted run.
+
+The job is killed at random points while a stream is flowing and restarted each time; at the end
+its Parquet rollups must equal those of an uninterrupted run over the same input.
 
     python drills/crash_drill.py --kills 20            # the long version (embedded broker)
 
@@ -48,7 +50,9 @@ def produce(bootstrap: str, topic: str, minutes: int, rate: float, seed: int) ->
     """Produce time-ordered traffic in small messages; returns the number of calls."""
     calls = TrafficModel(seed=seed, tenants=80, rate_per_s=rate).calls(START_MS, minutes * 60)
     producer = BulkProducer({"bootstrap.servers": bootstrap})
-    producer.send(topic, encode_calls(calls, "otlp_proto", convention="mixed", spans_per_message=20))
+    producer.send(
+        topic, encode_calls(calls, "otlp_proto", convention="mixed", spans_per_message=20)
+    )
     producer.flush()
     return calls.height
 
@@ -67,7 +71,8 @@ def write_config(path: Path, bootstrap: str, topic: str, out: Path, recovery: Pa
 def _run(cfg: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "spanpulse.cli", "run", "--config", str(cfg), "--until-caught-up"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
     )
 
 
@@ -76,14 +81,40 @@ def read_rollups(root: Path) -> pl.DataFrame:
     files = sorted(root.rglob("*.parquet"))
     if not files:
         return pl.DataFrame()
-    df = pl.concat([pl.read_parquet(f, hive_partitioning=False) for f in files], how="vertical_relaxed")
-    keys = [c for c in ("grain", "window_start", "late", "tenant", "service", "environment", "feature",
-                        "provider", "model", "response_model", "operation", "prompt_version") if c in df.columns]
+    df = pl.concat(
+        [pl.read_parquet(f, hive_partitioning=False) for f in files], how="vertical_relaxed"
+    )
+    keys = [
+        c
+        for c in (
+            "grain",
+            "window_start",
+            "late",
+            "tenant",
+            "service",
+            "environment",
+            "feature",
+            "provider",
+            "model",
+            "response_model",
+            "operation",
+            "prompt_version",
+        )
+        if c in df.columns
+    ]
     return df.sort(keys, nulls_last=True)
 
 
-def drill(bootstrap: str, workdir: Path, *, kills: int, seed: int = 1, minutes: int = 45,
-          rate: float = 12.0, kill_after: tuple[float, float] = (1.5, 4.0)) -> DrillResult:
+def drill(
+    bootstrap: str,
+    workdir: Path,
+    *,
+    kills: int,
+    seed: int = 1,
+    minutes: int = 45,
+    rate: float = 12.0,
+    kill_after: tuple[float, float] = (1.5, 4.0),
+) -> DrillResult:
     """Run the baseline and the drilled job over the same topic; compare their rollups."""
     t0 = time.monotonic()
     rng = random.Random(seed)
@@ -110,7 +141,9 @@ def drill(bootstrap: str, workdir: Path, *, kills: int, seed: int = 1, minutes: 
     final = _run(cfg)
     final_stdout, _ = final.communicate(timeout=600)
     result.total_messages = json.loads(base_stdout.decode().strip().splitlines()[-1])["messages"]
-    result.final_run_messages = json.loads(final_stdout.decode().strip().splitlines()[-1])["messages"]
+    result.final_run_messages = json.loads(final_stdout.decode().strip().splitlines()[-1])[
+        "messages"
+    ]
     a, b = read_rollups(base_out), read_rollups(drill_out)
     result.baseline_rows, result.drilled_rows = a.height, b.height
     result.identical = a.height > 0 and a.equals(b)
@@ -133,7 +166,9 @@ def main() -> int:
     args = p.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     with EmbeddedBroker() as b:
-        res = drill(b.bootstrap, args.workdir, kills=args.kills, seed=args.seed, minutes=args.minutes)
+        res = drill(
+            b.bootstrap, args.workdir, kills=args.kills, seed=args.seed, minutes=args.minutes
+        )
     print(json.dumps(res.__dict__, indent=2))
     return 0 if res.identical else 1
 

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from bytewax.dataflow import Dataflow
 from prometheus_client import CollectorRegistry
@@ -22,8 +23,8 @@ from spanpulse.flows.rollup import FlowParams, FlowSinks, build_flow
 from spanpulse.schemas.aggregate import Aggregator
 from spanpulse.schemas.batch import BatchDecoder, BatchProcessor
 from spanpulse.schemas.conventions import AttributeKeys
-from spanpulse.schemas.decode import Decoder
-from spanpulse.schemas.pricing import Pricing
+from spanpulse.schemas.decode import Decoder, Encoding
+from spanpulse.schemas.pricing import Pricing, TokenPrice
 from spanpulse.schemas.privacy import TenantHasher
 from spanpulse.sinks.kafka_source import BrokerHealth, SpanSource
 from spanpulse.sinks.metrics import Metrics
@@ -51,10 +52,14 @@ def make_processor(settings: Settings) -> BatchProcessor:
         tenant=a.tenant, feature=a.feature, prompt_version=a.prompt_version,
         parse_ok=a.parse_ok, refusal=a.refusal,
     )  # fmt: skip
-    pricing = Pricing(overrides=settings.pricing, context_windows=settings.context_windows)
+    overrides = {
+        model: TokenPrice(p.input, p.output, p.cached_input, p.cache_write)
+        for model, p in settings.pricing.items()
+    }
+    pricing = Pricing(overrides=overrides, context_windows=settings.context_windows)
     thr = settings.rollups.context_fill_threshold
     decoders: dict[str, BatchDecoder] = {
-        enc: Decoder(enc, keys, pricing, fill_threshold=thr)  # type: ignore[arg-type]
+        enc: Decoder(cast(Encoding, enc), keys, pricing, fill_threshold=thr)
         for enc in {i.encoding for i in settings.inputs}
     }
     agg = Aggregator(
@@ -67,7 +72,9 @@ def make_processor(settings: Settings) -> BatchProcessor:
     return BatchProcessor(decoders, agg, tenant_hasher=hasher)
 
 
-def build_job(settings: Settings, *, bounded: bool = False, registry: CollectorRegistry | None = None) -> Job:
+def build_job(
+    settings: Settings, *, bounded: bool = False, registry: CollectorRegistry | None = None
+) -> Job:
     """Build the full job; raises ``SourceError`` early when Kafka or a topic is unusable."""
     registry = registry or CollectorRegistry()
     metrics = Metrics(registry)
@@ -94,7 +101,9 @@ def build_job(settings: Settings, *, bounded: bool = False, registry: CollectorR
     )
     sinks = FlowSinks(
         rollups=RollupSink(RollupWriter(Path(settings.rollups.output_dir))),
-        dead_letters=DeadLetterSink(client, settings.kafka.dead_letter_topic, settings.dead_letter_payloads),
+        dead_letters=DeadLetterSink(
+            client, settings.kafka.dead_letter_topic, settings.dead_letter_payloads
+        ),
         observer=observer,
     )
     return Job(build_flow(params, source, sinks), observer, registry, source)
@@ -109,7 +118,9 @@ def _broker_state_reporter(metrics: Metrics) -> Callable[[bool], None]:
             log.warning("kafka: broker reachable again; resuming")
         elif not up:
             seen_down[0] = True
-            log.error("kafka: broker unreachable; retrying with backoff (no data is lost, windows wait)")
+            log.error(
+                "kafka: broker unreachable; retrying with backoff (no data is lost, windows wait)"
+            )
         metrics.set_broker_up(up)
 
     return report

@@ -1,5 +1,7 @@
-"""The rollup dataflow: Kafka batches -> decode + pre-aggregate -> windows closed by the slowest
-partition -> Parquet (and, downstream, detectors and metrics).
+"""The rollup dataflow: Kafka batches to Parquet rollups, detectors and metrics.
+
+Kafka batches -> decode + pre-aggregate -> windows closed by the slowest partition -> cardinality
+limit -> Parquet (and, downstream, detectors and metrics).
 
 Only wiring lives here.  Every step calls a named, unit-tested object from ``spanpulse.schemas``:
 ``BatchProcessor`` (decode + pre-aggregate), ``PartitionTracker`` (per-partition watermark, late
@@ -22,7 +24,13 @@ from bytewax.outputs import Sink
 from spanpulse.schemas.aggregate import Aggregator
 from spanpulse.schemas.batch import BatchProcessor, PartialBatch, RawBatch
 from spanpulse.schemas.cardinality import CardinalityLimiter
-from spanpulse.schemas.progress import CloseOrder, PartitionTracker, SealReport, WindowCloser, WindowState
+from spanpulse.schemas.progress import (
+    CloseOrder,
+    PartitionTracker,
+    SealReport,
+    WindowCloser,
+    WindowState,
+)
 
 if TYPE_CHECKING:
     from spanpulse.schemas.dead_letter import DeadLetter
@@ -95,7 +103,9 @@ class FlowParams:
     exemplars: int = 3
 
 
-def build_flow(params: FlowParams, source: Source[RawBatch], sinks: FlowSinks, flow_id: str = "spanpulse") -> Dataflow:
+def build_flow(
+    params: FlowParams, source: Source[RawBatch], sinks: FlowSinks, flow_id: str = "spanpulse"
+) -> Dataflow:
     """Build the rollup dataflow; nothing runs until Bytewax runs it."""
     agg = params.processor.aggregator
     obs = sinks.observer
@@ -106,61 +116,94 @@ def build_flow(params: FlowParams, source: Source[RawBatch], sinks: FlowSinks, f
     dead = op.flat_map("dead_letters", batches, lambda b: b.dead_letters)
     op.output("dead_letter_out", dead, sinks.dead_letters)
 
-    by_partition = op.map("key_by_partition", batches, lambda b: (b.partition_id, b))
+    by_partition = op.map("key_by_partition", batches, _key_by_partition)
     # Window-shaped state is versioned by the window length: a changed length starts it fresh
     # instead of misreading old windows (see docs/reliability.md, "Changing the configuration").
     v = f"w{params.window_ms}"
-    routed = op.stateful_flat_map(f"track_partition_progress_{v}", by_partition, _TrackStep(params))
-    routed = op.map("drop_partition_key", routed, lambda kv: kv[1])
-    split = op.branch("split_reports", routed, lambda r: r[0] == "report")
-    reports = op.map("key_report", split.trues, lambda r: (r[1], r[2]))
-    other = split.falses
-    late_split = op.branch("split_late", other, lambda r: r[0] == "late")
+    tracked = op.stateful_flat_map(
+        f"track_partition_progress_{v}", by_partition, _TrackStep(params)
+    )
+    routed = op.map("drop_partition_key", tracked, _value)
+    split = op.branch("split_reports", routed, lambda r: r.kind == "report")
+    reports = op.map("key_report", split.trues, _keyed)
+    late_split = op.branch("split_late", split.falses, lambda r: r.kind == "late")
     late_rows = op.map("finalize_late", late_split.trues, lambda r: _finalize_late(agg, r))
     op.inspect("observe_late", late_rows, lambda _s, tr: obs.on_late(tr[1]))
-    partials = op.map("key_partial", late_split.falses, lambda r: (r[1], r[2]))
+    partials = op.map("key_partial", late_split.falses, _keyed)
 
-    closes = op.stateful_flat_map(f"close_windows_{v}", reports, _CloseStep(params, obs))
-    closes = op.map("key_close", closes, lambda kv: kv[1])
+    close_orders = op.stateful_flat_map(f"close_windows_{v}", reports, _CloseStep(params, obs))
+    closes = op.map("key_close", close_orders, _value)
     window_inputs = op.merge("window_inputs", partials, closes)
-    finals = op.stateful_flat_map(f"merge_windows_{v}", window_inputs, _MergeStep(agg))
-    finals = op.map("drop_window_key", finals, lambda kv: kv[1])
+    merged = op.stateful_flat_map(f"merge_windows_{v}", window_inputs, _MergeStep(agg))
+    finals = op.map("drop_window_key", merged, _value)
     op.inspect("observe_window", finals, lambda _s, rows: obs.on_window(rows))
 
-    tagged = op.map("tag_final", finals, lambda rows: ("final", rows))
+    tagged = op.map("tag_final", finals, _tag_final)
     all_rows = op.merge("final_and_late", tagged, late_rows)
     grain_names = frozenset(".".join(d) for d in params.grains)
     by_grain = op.flat_map("split_by_grain", all_rows, lambda tr: _split_by_grain(tr, grain_names))
-    limited = op.stateful_map("limit_cardinality", by_grain, _LimitStep(params))
-    limited = op.map("drop_grain_key", limited, lambda kv: kv[1])
+    limited_keyed = op.stateful_map("limit_cardinality", by_grain, _LimitStep(params))
+    limited = op.map("drop_grain_key", limited_keyed, _value)
     op.inspect("observe_rollup", limited, lambda _s, tr: obs.on_rollup(tr[1]))
     op.output("rollups_out", limited, sinks.rollups)
     if sinks.windows is not None:
         on_time = op.filter("on_time_only", limited, lambda tr: tr[0] == "final")
         keyed = op.map("key_grain_by_window", on_time, _key_by_window)
         windows = op.stateful_flat_map("assemble_window", keyed, _AssembleStep(len(params.grains)))
-        sinks.windows(flow, op.map("drop_assembled_key", windows, lambda kv: kv[1]))
+        sinks.windows(flow, op.map("drop_assembled_key", windows, _value))
     return flow
+
+
+@dataclass(frozen=True)
+class Routed:
+    """An item leaving the partition tracker: a partial, late rows, or a seal report."""
+
+    kind: str  # "partial" | "late" | "report"
+    key: str
+    payload: Any
+
+
+def _key_by_partition(batch: PartialBatch) -> tuple[str, PartialBatch]:
+    return batch.partition_id, batch
+
+
+def _value(kv: tuple[str, Any]) -> Any:
+    return kv[1]
+
+
+def _keyed(r: Routed) -> tuple[str, Any]:
+    return r.key, r.payload
+
+
+def _tag_final(rows: pl.DataFrame) -> tuple[str, pl.DataFrame]:
+    return "final", rows
 
 
 @dataclass
 class _TrackStep:
     params: FlowParams
 
-    def __call__(self, state: PartitionTracker | None, batch: PartialBatch) -> tuple[PartitionTracker, Iterable[Any]]:
+    def __call__(
+        self, state: PartitionTracker | None, batch: PartialBatch
+    ) -> tuple[PartitionTracker, Iterable[Any]]:
         p = self.params
         if state is None:
-            state = PartitionTracker(batch.partition_id, p.window_ms, p.lateness_ms, p.idle_timeout_ms)
+            state = PartitionTracker(
+                batch.partition_id, p.window_ms, p.lateness_ms, p.idle_timeout_ms
+            )
         # Parameters come from the current config; only event-time progress is restored state.
         state.lateness_ms, state.idle_timeout_ms = p.lateness_ms, p.idle_timeout_ms
         on_time, late, report = state.split(
-            batch.partials, wall_ms=batch.wall_ms, max_event_ms=batch.max_event_ms, eof=batch.eof,
+            batch.partials,
+            wall_ms=batch.wall_ms,
+            max_event_ms=batch.max_event_ms,
+            eof=batch.eof,
             may_idle=batch.caught_up,
         )
-        out: list[Any] = [("partial", f"w{ws}", frame) for ws, frame in on_time.items()]
+        out = [Routed("partial", f"w{ws}", frame) for ws, frame in on_time.items()]
         for (ws,), frame in late.group_by("window_start_ms", maintain_order=True):
-            out.append(("late", f"{batch.partition_id}@{batch.first_offset}@{ws}", frame))
-        out.append(("report", CLOSER_KEY, report))
+            out.append(Routed("late", f"{batch.partition_id}@{batch.first_offset}@{ws}", frame))
+        out.append(Routed("report", CLOSER_KEY, report))
         return state, out
 
 
@@ -169,7 +212,9 @@ class _CloseStep:
     params: FlowParams
     observer: Observer
 
-    def __call__(self, state: WindowCloser | None, report: SealReport) -> tuple[WindowCloser, Iterable[Any]]:
+    def __call__(
+        self, state: WindowCloser | None, report: SealReport
+    ) -> tuple[WindowCloser, Iterable[Any]]:
         if state is None:
             state = WindowCloser(self.params.partitions, self.params.window_ms)
         state.partitions = self.params.partitions  # topics/partitions may change across restarts
@@ -198,9 +243,9 @@ class _MergeStep:
         return None, [rows] if not rows.is_empty() else []
 
 
-def _finalize_late(agg: Aggregator, routed: tuple[str, str, pl.DataFrame]) -> tuple[str, pl.DataFrame]:
-    _, origin, frame = routed
-    topic_part, offset, _ws = origin.split("@")
+def _finalize_late(agg: Aggregator, routed: Routed) -> tuple[str, pl.DataFrame]:
+    topic_part, offset, _ws = routed.key.split("@")
+    frame: pl.DataFrame = routed.payload
     tag = "late-" + topic_part.replace("#", "-p") + f"-o{offset}"
     return tag, agg.finalize(agg.merge([frame]), late=True)
 
@@ -225,7 +270,10 @@ class _LimitStep:
         grain = str(rows["grain"][0])
         dims = next(d for d in self.params.grains if ".".join(d) == grain)
         fresh = CardinalityLimiter(
-            dims, self.params.cardinality_limits, self.params.series_limit, max_exemplars=self.params.exemplars
+            dims,
+            self.params.cardinality_limits,
+            self.params.series_limit,
+            max_exemplars=self.params.exemplars,
         )
         if state is None or state.version != fresh.version:  # changed limits start fresh
             state = fresh

@@ -17,7 +17,13 @@ from typing import Final
 
 import polars as pl
 
-from spanpulse.schemas.histogram import HIST_DTYPE, bucket_expr, hist_agg, hist_finish, merge_hist_frame
+from spanpulse.schemas.histogram import (
+    HIST_DTYPE,
+    bucket_expr,
+    hist_agg,
+    hist_finish,
+    merge_hist_frame,
+)
 from spanpulse.schemas.record import DIMENSIONS, FINISH_CLASSES, UNKNOWN
 from spanpulse.schemas.rollup_schema import cost_usd_expr
 
@@ -128,10 +134,14 @@ class Aggregator:
         if df.height == df.select(pl.col(_KEY).n_unique()).item():
             return df.drop(_KEY).select(_partial_columns())
         ex = pl.col("ex").list.explode(keep_nulls=False, empty_as_null=False)
-        top = ex.filter(ex.is_not_null()).sort_by(
-            [ex.struct.field("p"), ex.struct.field("v"), ex.struct.field("t")],
-            descending=[False, True, False],
-        ).unique(maintain_order=True)
+        top = (
+            ex.filter(ex.is_not_null())
+            .sort_by(
+                [ex.struct.field("p"), ex.struct.field("v"), ex.struct.field("t")],
+                descending=[False, True, False],
+            )
+            .unique(maintain_order=True)
+        )
         sums = df.group_by(_KEY).agg(
             pl.col("window_start_ms", "grain", *DIMENSIONS).first(),
             *(pl.col(c).sum() for c in ADDITIVE),
@@ -144,13 +154,17 @@ class Aggregator:
         """Turn merged partial rows into rollup rows (the Parquet contract), sorted deterministically."""
         w = self.window_ms
         start = pl.from_epoch(pl.col("window_start_ms"), time_unit="ms").dt.replace_time_zone("UTC")
-        return merged.with_columns(
-            start.dt.cast_time_unit("us").alias("window_start"),
-            (start + pl.duration(milliseconds=w)).dt.cast_time_unit("us").alias("window_end"),
-            pl.lit(late).alias("late"),
-            cost_usd_expr(),
-            pl.col("ex").list.eval(pl.element().struct.field("t")).alias("exemplar_trace_ids"),
-        ).drop("ex", "window_start_ms").sort(["grain", "window_start", *DIMENSIONS], nulls_last=True)
+        return (
+            merged.with_columns(
+                start.dt.cast_time_unit("us").alias("window_start"),
+                (start + pl.duration(milliseconds=w)).dt.cast_time_unit("us").alias("window_end"),
+                pl.lit(late).alias("late"),
+                cost_usd_expr(),
+                pl.col("ex").list.eval(pl.element().struct.field("t")).alias("exemplar_trace_ids"),
+            )
+            .drop("ex", "window_start_ms")
+            .sort(["grain", "window_start", *DIMENSIONS], nulls_last=True)
+        )
 
 
 def _key_expr() -> pl.Expr:
@@ -172,7 +186,7 @@ def _conform_partial(df: pl.DataFrame) -> pl.DataFrame:
 
 
 def partial_schema() -> dict[str, pl.DataType]:
-    """Schema of partial rows (what crosses Bytewax between steps)."""
+    """Return the schema of partial rows (what crosses Bytewax between steps)."""
     schema: dict[str, pl.DataType] = {"window_start_ms": pl.Int64(), "grain": pl.String()}
     schema.update({d: pl.String() for d in DIMENSIONS})
     schema.update({c: pl.Int64() for c in ADDITIVE})

@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import polars as pl
+
 from spanpulse.schemas.histogram import merge_hist_frame
 from spanpulse.schemas.record import DIMENSIONS, OTHER, UNKNOWN
 from spanpulse.schemas.rollup_schema import (

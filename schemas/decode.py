@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 
 import polars as pl
+
 from spanpulse.schemas.conventions import AttributeKeys
 from spanpulse.schemas.dead_letter import DeadLetter, truncate
 from spanpulse.schemas.normalize import (
@@ -216,7 +217,7 @@ class Decoder:
             messages=len(messages),
             spans_seen=stage1.spans,
             skipped=skipped,
-            max_event_time_ms=None if max_time is None else int(max_time),
+            max_event_time_ms=None if max_time is None else int(max_time),  # type: ignore[arg-type]
         )
 
     def _batch_failure(self, messages: Sequence[Message], stage1: _Stage1) -> DecodedBatch:

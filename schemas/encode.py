@@ -37,6 +37,7 @@ from functools import lru_cache
 from typing import Final, Literal, NamedTuple, TypeVar, get_args
 
 import polars as pl
+
 from spanpulse.schemas.traffic import FEATURE_BY_NAME
 
 Encoding = Literal["otlp_proto", "otlp_json", "span_json"]

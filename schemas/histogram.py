@@ -77,7 +77,7 @@ def bucket_estimate(b: int) -> float:
 
 
 def hist_agg(bucket_col: str) -> pl.Expr:
-    """Aggregation expression: raw per-group bucket counts of a bucket-index column.
+    """Return an aggregation expression: raw per-group bucket counts of a bucket-index column.
 
     Polars cannot reshape a struct inside ``group_by().agg``, so follow the aggregation with
     :func:`hist_finish` on the same column name to get :data:`HIST_DTYPE`.

@@ -39,6 +39,7 @@ from operator import itemgetter
 from typing import Final
 
 import polars as pl
+
 from spanpulse.schemas.conventions import (
     FINISH_CLASS_OF,
     MAX_INDEXED_CHOICES,

@@ -34,6 +34,7 @@ from typing import Any, Final
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+
 from spanpulse.schemas.conventions import (
     FIRST_TOKEN_EVENT,
     N_SLOTS,

@@ -40,6 +40,7 @@ from typing import Any, Final
 import polars as pl
 from genai_prices import data_snapshot
 from genai_prices import types as gp
+
 from spanpulse.schemas.conventions import GENAI_PRICES_PROVIDERS
 from spanpulse.schemas.record import NANOS_PER_USD
 

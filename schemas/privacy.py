@@ -46,6 +46,8 @@ class TenantHasher:
         """Return ``records`` with the tenant column pseudonymised (nulls stay null)."""
         if records.is_empty() or "tenant" not in records.columns:
             return records
-        values = [v for v in records["tenant"].unique().to_list() if v is not None and v not in _RESERVED]
+        values = [
+            v for v in records["tenant"].unique().to_list() if v is not None and v not in _RESERVED
+        ]
         mapping = {v: self.pseudonym(v) for v in values}
         return records.with_columns(pl.col("tenant").replace(mapping))

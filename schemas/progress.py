@@ -74,7 +74,12 @@ class PartitionTracker:
     last_data_wall_ms: int | None = None
 
     def split(
-        self, partials: pl.DataFrame, *, wall_ms: int, max_event_ms: int | None, eof: bool,
+        self,
+        partials: pl.DataFrame,
+        *,
+        wall_ms: int,
+        max_event_ms: int | None,
+        eof: bool,
         may_idle: bool = True,
     ) -> tuple[dict[int, pl.DataFrame], pl.DataFrame, SealReport]:
         """Split a batch's partial rows into on-time per-window frames and late rows.
@@ -95,7 +100,7 @@ class PartitionTracker:
             late = partials.filter(is_late)
             fresh = partials.filter(~is_late)
             for (ws,), frame in fresh.group_by("window_start_ms", maintain_order=True):
-                on_time[int(ws)] = frame  # type: ignore[call-overload]
+                on_time[int(ws)] = frame
         if max_event_ms is not None:
             self.max_event_ms = max(self.max_event_ms or max_event_ms, max_event_ms)
         self._advance(wall_ms, eof, may_idle)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Final
 
 import polars as pl
+
 from spanpulse.schemas.histogram import HIST_DTYPE
 from spanpulse.schemas.record import DIMENSIONS, NANOS_PER_USD
 

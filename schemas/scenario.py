@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import polars as pl
+
 from spanpulse.schemas.traffic import (
     FEATURE_BY_NAME,
     FEATURES,

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import polars as pl
+
 from spanpulse.schemas.conventions import LLM_OPERATIONS
 from spanpulse.schemas.normalize import FINISH_SEPARATOR, RAW_SCHEMA
 

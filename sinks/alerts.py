@@ -41,8 +41,13 @@ class AlertLike(Protocol):
 
 
 class _AlertPartition(StatelessSinkPartition[AlertLike]):
-    def __init__(self, producer: Producer, topic: str, max_block_s: float,
-                 on_result: Callable[[str, bool], None]) -> None:
+    def __init__(
+        self,
+        producer: Producer,
+        topic: str,
+        max_block_s: float,
+        on_result: Callable[[str, bool], None],
+    ) -> None:
         self.producer = producer
         self.topic = topic
         self.max_block_s = max_block_s
@@ -64,11 +69,17 @@ class _AlertPartition(StatelessSinkPartition[AlertLike]):
 
         while True:
             try:
-                self.producer.produce(self.topic, value=alert.to_json_bytes(), key=alert.key, on_delivery=done)
+                self.producer.produce(
+                    self.topic, value=alert.to_json_bytes(), key=alert.key, on_delivery=done
+                )
                 return
             except BufferError:
                 if time.monotonic() >= deadline:
-                    log.error("alert queue full for %.0fs; dropping one %s alert", self.max_block_s, status)
+                    log.error(
+                        "alert queue full for %.0fs; dropping one %s alert",
+                        self.max_block_s,
+                        status,
+                    )
                     self.on_result(status, False)
                     return
                 self.producer.poll(0.1)
@@ -110,13 +121,23 @@ class AlertSink(DynamicSink[AlertLike]):
         return _AlertPartition(Producer(conf), self.topic, self.max_block_s, self.on_result)
 
 
-def tail(client_config: Mapping[str, str], topic: str, *, from_beginning: bool = True,
-         idle_timeout_s: float | None = None) -> Iterator[dict[str, Any]]:
+def tail(
+    client_config: Mapping[str, str],
+    topic: str,
+    *,
+    from_beginning: bool = True,
+    idle_timeout_s: float | None = None,
+) -> Iterator[dict[str, Any]]:
     """Yield alerts from every partition of the topic (manual assignment: no group join).
 
     Stops after ``idle_timeout_s`` without a new alert, or never when ``None``.
     """
-    conf = {**client_config, "group.id": "spanpulse-tail", "enable.auto.commit": "false", "log_level": "3"}
+    conf = {
+        **client_config,
+        "group.id": "spanpulse-tail",
+        "enable.auto.commit": "false",
+        "log_level": "3",
+    }
     consumer = Consumer(conf)
     try:
         md = consumer.list_topics(topic, timeout=10)

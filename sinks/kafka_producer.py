@@ -47,7 +47,14 @@ class BulkProducer:
         elif len(self.errors) < 20:
             self.errors.append(err.str())
 
-    def send(self, topic: str, values: Iterable[bytes], *, key: bytes | None = None, partition: int | None = None) -> int:
+    def send(
+        self,
+        topic: str,
+        values: Iterable[bytes],
+        *,
+        key: bytes | None = None,
+        partition: int | None = None,
+    ) -> int:
         """Queue messages (round-robin partitions unless ``partition``/``key`` is given)."""
         p = self._get()
         n = 0

@@ -40,8 +40,7 @@ def list_partitions(
     client_config: Mapping[str, str], topics: Sequence[str], timeout_s: float = 10.0
 ) -> list[tuple[str, int]]:
     """Return ``(topic, partition)`` pairs, failing fast with an actionable message."""
-    conf = dict(client_config)
-    conf.setdefault("log_level", "0")
+    conf: dict[str, str | int | float | bool] = {**client_config, "log_level": 0}
     admin = AdminClient(conf)
     bootstrap = conf.get("bootstrap.servers", "?")
     try:
@@ -52,7 +51,7 @@ def list_partitions(
             "check kafka.bootstrap_servers and the kafka.properties security settings"
         )
         raise SourceError(msg) from err
-    out = []
+    out: list[tuple[str, int]] = []
     for topic in topics:
         tmd = md.topics.get(topic)
         if tmd is None or tmd.error is not None:
@@ -69,7 +68,7 @@ STOP_REQUESTED = threading.Event()
 
 @dataclass
 class BrokerHealth:
-    """Shared between a source's partitions: is the broker reachable, and should we stop?
+    """Broker reachability shared by a source's partitions, and the stop request.
 
     ``on_change`` is called once per change (metrics and one log line, not one per retry).
     ``stopping`` is set by the runner on SIGTERM/SIGINT: partitions stop reading, the dataflow
@@ -128,9 +127,13 @@ class _Partition(StatefulSourcePartition[RawBatch, int]):
                 else:
                     self.on_error(f"{self.partition_id}: {err.str()}")
                 continue
-            off = m.offset()
+            off = int(m.offset() or 0)
             ts_type, ts = m.timestamp()
-            out.append(Message(m.value(), self.topic, self.partition, off, ts if ts_type else None, m.key()))
+            out.append(
+                Message(
+                    m.value(), self.topic, self.partition, off, ts if ts_type else None, m.key()
+                )
+            )
             self.next_offset = off + 1
         now = self.clock()
         self._idle_until = None

@@ -39,6 +39,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import start_http_server as _prometheus_start_http_server
 from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+
 from spanpulse.schemas.histogram import SCALE, ZERO_BUCKET, bucket_estimate
 from spanpulse.schemas.record import OTHER, UNKNOWN
 
@@ -449,7 +450,8 @@ class Metrics:
 
     def _child(self, attr: str, labels: tuple[str, ...]) -> Any:
         """Return the labelled child of a metric, cached: ``labels()`` costs microseconds and a
-        backlog replay calls it for every row.  Bounded: label sets pass the series guards."""
+        backlog replay calls it for every row.  Bounded: label sets pass the series guards.
+        """
         key = (attr, labels)
         child = self._children.get(key)
         if child is None:

@@ -31,7 +31,7 @@ class _DeadLetterPartition(StatelessSinkPartition[DeadLetter]):
     def write_batch(self, items: list[DeadLetter]) -> None:
         for dl in items:
             key = f"{dl.topic}/{dl.partition}/{dl.offset}".encode()
-            headers = {"reason": dl.reason, "stage": dl.stage}
+            headers: dict[str, str | bytes | None] = {"reason": dl.reason, "stage": dl.stage}
             self.producer.produce(
                 self.topic, value=dl.to_json_bytes(self.include_payload), key=key, headers=headers
             )

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Final, Literal, cast, get_args
 
 import polars as pl
+
 from spanpulse.schemas.record import DIMENSIONS
 from spanpulse.schemas.rollup_schema import ROLLUP_SCHEMA, conform_rollups
 

@@ -19,6 +19,7 @@ from typing import Any, Final, TextIO
 
 import duckdb
 import polars as pl
+
 from spanpulse.schemas.histogram import DUCKDB_MACROS, HIST_DTYPE, RELATIVE_ERROR
 from spanpulse.schemas.record import DIMENSIONS
 from spanpulse.schemas.rollup_schema import ADDITIVE_COLUMNS, HIST_COLUMNS, ROLLUP_SCHEMA

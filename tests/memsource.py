@@ -91,7 +91,9 @@ class ListSink(DynamicSink):
         return _ListPart(self.items)
 
 
-def batches_for(partition_id: str, rows: list[dict], per_batch: int, *, wall_ms: int = 0, eof: bool = True) -> list[RawBatch]:
+def batches_for(
+    partition_id: str, rows: list[dict], per_batch: int, *, wall_ms: int = 0, eof: bool = True
+) -> list[RawBatch]:
     """Split rows into RawBatches of fake messages (one row per message)."""
     topic, _, part = partition_id.rpartition("#")
     msgs = [FakeMessage((r,), topic, int(part), i) for i, r in enumerate(rows)]

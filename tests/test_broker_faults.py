@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -36,7 +35,9 @@ def _calls_in(root) -> int:
     files = list(root.rglob("*.parquet"))
     if not files:
         return 0
-    df = pl.concat([pl.read_parquet(f, hive_partitioning=False) for f in files], how="vertical_relaxed")
+    df = pl.concat(
+        [pl.read_parquet(f, hive_partitioning=False) for f in files], how="vertical_relaxed"
+    )
     return int(df.filter(pl.col("grain") == "tenant")["calls"].sum())
 
 
@@ -73,8 +74,20 @@ def test_outage_mid_stream_then_recovery_loses_and_duplicates_nothing(tmp_path):
                 f'[[inputs]]\ntopic = "spans"\n[window]\nallowed_lateness = "0s"\nidle_timeout = "2s"\n'
                 f'[rollups]\noutput_dir = "{out}"\n[metrics]\nport = {mport}\naddr = "127.0.0.1"\n'
             )
-            job = subprocess.Popen([sys.executable, "-m", "spanpulse.cli", "run", "--config", str(cfg),
-                                    "--status-interval", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            job = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "spanpulse.cli",
+                    "run",
+                    "--config",
+                    str(cfg),
+                    "--status-interval",
+                    "1",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
             try:
                 assert _wait(lambda: _calls_in(out) == first.height, 60), _calls_in(out)
                 assert _metric(mport, "spanpulse_broker_up") == 1.0
@@ -87,7 +100,9 @@ def test_outage_mid_stream_then_recovery_loses_and_duplicates_nothing(tmp_path):
                 proxy.restore()
                 # Spans produced during the outage reach Kafka afterwards: they must be on time,
                 # not late (silence during an outage is not idleness).
-                second = TrafficModel(seed=4, tenants=15, rate_per_s=40.0).calls(cut_ms, (restore_ms - cut_ms) / 1000)
+                second = TrafficModel(seed=4, tenants=15, rate_per_s=40.0).calls(
+                    cut_ms, (restore_ms - cut_ms) / 1000
+                )
                 producer = BulkProducer({"bootstrap.servers": bootstrap})
                 producer.send("spans", encode_calls(second, "otlp_proto", spans_per_message=40))
                 producer.flush()
@@ -107,21 +122,33 @@ def test_outage_mid_stream_then_recovery_loses_and_duplicates_nothing(tmp_path):
             proxy.close()
 
 
-@pytest.mark.parametrize(("toml", "expect"), [
-    ('[kafka]\nbootstrap_servers = "127.0.0.1:1"\n', "cannot reach Kafka at 127.0.0.1:1"),
-    (None, "input topic 'no-such-topic' does not exist"),
-])
+@pytest.mark.parametrize(
+    ("toml", "expect"),
+    [
+        ('[kafka]\nbootstrap_servers = "127.0.0.1:1"\n', "cannot reach Kafka at 127.0.0.1:1"),
+        (None, "input topic 'no-such-topic' does not exist"),
+    ],
+)
 def test_misconfiguration_is_one_actionable_line_not_a_hang(broker, tmp_path, toml, expect):
     cfg = tmp_path / "c.toml"
-    cfg.write_text(toml or f'[kafka]\nbootstrap_servers = "{broker.bootstrap}"\n[[inputs]]\ntopic = "no-such-topic"\n'
-                   '[metrics]\nport = 0\n')
+    cfg.write_text(
+        toml
+        or f'[kafka]\nbootstrap_servers = "{broker.bootstrap}"\n[[inputs]]\ntopic = "no-such-topic"\n'
+        "[metrics]\nport = 0\n"
+    )
     if toml:
-        cfg.write_text(toml + '[metrics]\nport = 0\n')
+        cfg.write_text(toml + "[metrics]\nport = 0\n")
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "spanpulse.cli", "run", "--config", str(cfg)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "spanpulse.cli", "run", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 1
-    lines = [ln for ln in proc.stderr.splitlines() if not ln.startswith("%")]  # librdkafka's own log lines
+    lines = [
+        ln for ln in proc.stderr.splitlines() if not ln.startswith("%")
+    ]  # librdkafka's own log lines
     assert len(lines) == 1, proc.stderr
     assert expect in lines[0] and "Traceback" not in proc.stderr
     assert time.monotonic() - t0 < 30

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from spanpulse.schemas.cardinality import CardinalityLimiter
 from spanpulse.schemas.histogram import HIST_DTYPE, merge_counts
 from spanpulse.schemas.record import DIMENSIONS, OTHER, UNKNOWN

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from spanpulse.config import ConfigError, DEFAULT_GRAINS, apply_env, from_mapping, load
+from spanpulse.config import DEFAULT_GRAINS, ConfigError, apply_env, from_mapping, load
 
-CASES = tomllib.loads((Path(__file__).parent / "testdata" / "config_cases.toml").read_text())["case"]
+CASES = tomllib.loads((Path(__file__).parent / "testdata" / "config_cases.toml").read_text())[
+    "case"
+]
 
 
 def test_defaults_are_valid_and_documented_values():
@@ -19,7 +21,12 @@ def test_defaults_are_valid_and_documented_values():
     assert s.inputs[0].topic == "otlp_spans" and s.inputs[0].encoding == "otlp_proto"
     assert s.window.length_ms == 60_000
     assert s.rollups.grains == DEFAULT_GRAINS
-    assert [g.name for g in s.rollups.grains] == ["tenant", "tenant.model", "model", "feature.prompt_version"]
+    assert [g.name for g in s.rollups.grains] == [
+        "tenant",
+        "tenant.model",
+        "model",
+        "feature.prompt_version",
+    ]
     assert s.kafka.alert_topic == "spanpulse.alerts"
 
 
@@ -35,12 +42,15 @@ def test_invalid_config_gives_one_line_error_naming_the_key(case, tmp_path):
 
 
 def test_env_overrides_nested_keys_and_types():
-    raw = apply_env({"window": {"length": "1m"}}, {
-        "SPANPULSE_WINDOW__LENGTH": "5m",
-        "SPANPULSE_KAFKA__BATCH_SIZE": "100",
-        "SPANPULSE_KAFKA__BOOTSTRAP_SERVERS": "b1:9092,b2:9092",
-        "UNRELATED": "x",
-    })
+    raw = apply_env(
+        {"window": {"length": "1m"}},
+        {
+            "SPANPULSE_WINDOW__LENGTH": "5m",
+            "SPANPULSE_KAFKA__BATCH_SIZE": "100",
+            "SPANPULSE_KAFKA__BOOTSTRAP_SERVERS": "b1:9092,b2:9092",
+            "UNRELATED": "x",
+        },
+    )
     s = from_mapping(raw)
     assert s.window.length_ms == 300_000
     assert s.kafka.batch_size == 100
@@ -50,8 +60,16 @@ def test_env_overrides_nested_keys_and_types():
 def test_secrets_resolve_from_env_and_file_and_are_never_echoed(tmp_path):
     secret_file = tmp_path / "pw"
     secret_file.write_text("s3cr3t-from-file\n")
-    s = from_mapping({"kafka": {"properties": {
-        "sasl.password": f"file:{secret_file}", "sasl.username": "env:SP_TEST_USER"}}})
+    s = from_mapping(
+        {
+            "kafka": {
+                "properties": {
+                    "sasl.password": f"file:{secret_file}",
+                    "sasl.username": "env:SP_TEST_USER",
+                }
+            }
+        }
+    )
     import os
 
     os.environ["SP_TEST_USER"] = "alice"
@@ -62,7 +80,9 @@ def test_secrets_resolve_from_env_and_file_and_are_never_echoed(tmp_path):
     assert conf["sasl.password"] == "s3cr3t-from-file"
     assert conf["sasl.username"] == "alice"
     with pytest.raises(ConfigError) as info:
-        from_mapping({"kafka": {"properties": {"sasl.password": "env:SP_MISSING_VAR"}}}).kafka.client_config()
+        from_mapping(
+            {"kafka": {"properties": {"sasl.password": "env:SP_MISSING_VAR"}}}
+        ).kafka.client_config()
     assert "SP_MISSING_VAR is not set" in str(info.value)
 
 
@@ -78,16 +98,24 @@ def test_missing_file_and_bad_toml(tmp_path):
 def test_cli_reports_config_error_in_one_line_without_traceback(tmp_path):
     bad = tmp_path / "c.toml"
     bad.write_text('[window]\nlength = "soon"\n')
-    proc = subprocess.run([sys.executable, "-m", "spanpulse.cli", "run", "--config", str(bad)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "spanpulse.cli", "run", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0, proc.stderr
     assert "window.length" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_cli_rejects_bad_flag_in_one_line():
-    proc = subprocess.run([sys.executable, "-m", "spanpulse.cli", "run", "--workers", "zero"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "spanpulse.cli", "run", "--workers", "zero"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0, proc.stderr
     assert "--workers" in proc.stderr

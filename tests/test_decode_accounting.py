@@ -8,9 +8,6 @@ from typing import Any
 import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from spanpulse.schemas.dead_letter import MAX_DETAIL_CHARS, DeadLetter
-from spanpulse.schemas.decode import DecodedBatch, Decoder, Message
-from spanpulse.schemas.record import RECORD_SCHEMA
 from test_decode_support import (
     NOW_MS,
     batch_without_content,
@@ -21,6 +18,10 @@ from test_decode_support import (
     proto_to_otlp_json,
     traces_bytes,
 )
+
+from spanpulse.schemas.dead_letter import MAX_DETAIL_CHARS, DeadLetter
+from spanpulse.schemas.decode import DecodedBatch, Decoder, Message
+from spanpulse.schemas.record import RECORD_SCHEMA
 
 CASES = load_cases()
 GOOD = [c for c in CASES if "expect" in c and "resource" not in c]

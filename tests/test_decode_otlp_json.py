@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 from polars.testing import assert_frame_equal
-from spanpulse.schemas.record import RECORD_SCHEMA
 from test_decode_support import (
     batch_without_content,
     case_span,
@@ -17,6 +16,8 @@ from test_decode_support import (
     proto_to_otlp_json,
     traces_bytes,
 )
+
+from spanpulse.schemas.record import RECORD_SCHEMA
 
 CASES = load_cases()
 

@@ -6,8 +6,6 @@ from typing import Any
 
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from spanpulse.schemas.conventions import AttributeKeys
-from spanpulse.schemas.record import RECORD_SCHEMA
 from test_decode_support import (
     assert_expected,
     batch_without_content,
@@ -17,6 +15,9 @@ from test_decode_support import (
     messages,
     traces_bytes,
 )
+
+from spanpulse.schemas.conventions import AttributeKeys
+from spanpulse.schemas.record import RECORD_SCHEMA
 
 CASES = load_cases()
 

@@ -8,7 +8,6 @@ from typing import Any
 import jsonschema
 import pytest
 from polars.testing import assert_frame_equal
-from spanpulse.schemas import span_json
 from test_decode_support import (
     FIXTURES,
     assert_expected,
@@ -16,6 +15,8 @@ from test_decode_support import (
     make_decoder,
     messages,
 )
+
+from spanpulse.schemas import span_json
 
 SCHEMA = json.loads((FIXTURES.parents[2] / "schemas" / "span_json.schema.json").read_text())
 VALID = (FIXTURES / "span_json_valid.jsonl").read_bytes().splitlines()

@@ -17,6 +17,7 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status, TracesData
+
 from spanpulse.schemas.conventions import AttributeKeys
 from spanpulse.schemas.decode import Decoder, Message
 from spanpulse.schemas.pricing import Pricing

@@ -20,6 +20,7 @@ import jsonschema
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry
+
 from spanpulse.config import load as load_settings
 from spanpulse.sinks.metrics import Metrics
 

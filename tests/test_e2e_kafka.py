@@ -30,7 +30,14 @@ from spanpulse.sinks.kafka_producer import BulkProducer
 pytestmark = pytest.mark.integration
 
 START_MS = 1_790_000_000_000 - (1_790_000_000_000 % 60_000)
-CONVENTIONS = ("otel", "otel_deprecated", "traceloop_legacy", "traceloop", "openinference", "anthropic_native")
+CONVENTIONS = (
+    "otel",
+    "otel_deprecated",
+    "traceloop_legacy",
+    "traceloop",
+    "openinference",
+    "anthropic_native",
+)
 # Independent expectation of the normalized finish class for each raw reason the generator emits.
 FINISH = {
     "stop": "stop", "end_turn": "stop", "stop_sequence": "stop",
@@ -52,13 +59,24 @@ def _nanos(row: dict) -> int:
     # The Anthropic SDK's native spans also report cache writes (priced higher); the encoder
     # writes half of a quarter of long uncached prompts (schemas/encode.anthropic_cache_write).
     write = 0
-    if (row["conv"] == "anthropic_native" and row["provider"] == "anthropic" and not row["cached"]
-            and row["input_tokens"] >= 2048 and int(row["span_id"][-2], 16) < 4):
+    if (
+        row["conv"] == "anthropic_native"
+        and row["provider"] == "anthropic"
+        and not row["cached"]
+        and row["input_tokens"] >= 2048
+        and int(row["span_id"][-2], 16) < 4
+    ):
         write = row["input_tokens"] // 2
-    usage = Usage(input_tokens=row["input_tokens"], cache_read_tokens=row["cached"],
-                  cache_write_tokens=write, output_tokens=row["output_tokens"])
+    usage = Usage(
+        input_tokens=row["input_tokens"],
+        cache_read_tokens=row["cached"],
+        cache_write_tokens=write,
+        output_tokens=row["output_tokens"],
+    )
     when = datetime.fromtimestamp(row["end_time_ms"] / 1000, UTC)
-    price = calc_price(usage, model_ref=row["model"], provider_id=row["provider"], genai_request_timestamp=when)
+    price = calc_price(
+        usage, model_ref=row["model"], provider_id=row["provider"], genai_request_timestamp=when
+    )
     return int((price.total_price * Decimal(10**9)).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
 
 
@@ -80,8 +98,23 @@ def _consume_all(bootstrap: str, topic: str) -> list:
 
 
 def _query(root, sql: str) -> list[dict]:
-    proc = subprocess.run([sys.executable, "-m", "spanpulse.cli", "query", "--rollups", str(root), "--format", "json", sql],
-                          capture_output=True, text=True, timeout=120, check=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "spanpulse.cli",
+            "query",
+            "--rollups",
+            str(root),
+            "--format",
+            "json",
+            sql,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
 
 
@@ -103,18 +136,24 @@ def e2e(broker, tmp_path_factory):
     producer = BulkProducer({"bootstrap.servers": broker.bootstrap})
     kept = []
     messages = 0
-    slices = [(enc, conv) for enc in ("otlp_proto", "otlp_json") for conv in CONVENTIONS] + [("span_json", "otel")]
+    slices = [(enc, conv) for enc in ("otlp_proto", "otlp_json") for conv in CONVENTIONS] + [
+        ("span_json", "otel")
+    ]
     for k, (enc, conv) in enumerate(slices):
         part = calls.filter(pl.col("i") % len(slices) == k).drop("i")
         values = encode_calls(part, enc, convention=conv, spans_per_message=50)
         messages += producer.send(topics[enc], values)
-        if conv == "traceloop_legacy":  # legacy Traceloop emits no span for failed Anthropic calls (S12)
+        if (
+            conv == "traceloop_legacy"
+        ):  # legacy Traceloop emits no span for failed Anthropic calls (S12)
             part = part.filter(~(pl.col("is_error") & (pl.col("provider") == "anthropic")))
         kept.append(part.with_columns(pl.lit(conv).alias("conv")))
     bad = {
         "otlp_proto": [b"\x0a\x05\xff\xff\xff", b""],
         "otlp_json": [b'{"resourceSpans": 7}', b"\xff\xfe not utf-8"],
-        "span_json": [b'{"end_time": "2026-01-01T00:00:00Z", "model": "gpt-4o", "input_tokens": -5}'],
+        "span_json": [
+            b'{"end_time": "2026-01-01T00:00:00Z", "model": "gpt-4o", "input_tokens": -5}'
+        ],
     }
     for enc, values in bad.items():
         messages += producer.send(topics[enc], values, partition=0)
@@ -128,12 +167,24 @@ def e2e(broker, tmp_path_factory):
         f'[kafka]\nbootstrap_servers = "{broker.bootstrap}"\ndead_letter_topic = "{dlq}"\nalert_topic = "{alerts}"\n'
         f'{inputs}\n[rollups]\noutput_dir = "{root / "out"}"\n[metrics]\nport = 0\n'
     )
-    proc = subprocess.run([sys.executable, "-m", "spanpulse.cli", "run", "--config", str(cfg), "--until-caught-up"],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "spanpulse.cli", "run", "--config", str(cfg), "--until-caught-up"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     totals = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {"totals": totals, "expected": expected, "root": root / "out", "messages": messages,
-            "bad": bad, "topics": topics, "dlq": dlq, "bootstrap": broker.bootstrap}
+    return {
+        "totals": totals,
+        "expected": expected,
+        "root": root / "out",
+        "messages": messages,
+        "bad": bad,
+        "topics": topics,
+        "dlq": dlq,
+        "bootstrap": broker.bootstrap,
+    }
 
 
 def test_every_message_and_span_is_accounted_for(e2e):
@@ -142,7 +193,9 @@ def test_every_message_and_span_is_accounted_for(e2e):
     assert t["messages"] == e2e["messages"]
     n_bad = sum(len(v) for v in e2e["bad"].values())
     assert sum(t["dead_letters"].values()) == n_bad
-    assert t["spans_seen"] == t["records"] + sum(t["skipped"].values()) + 1  # the one rejected span_json record
+    assert (
+        t["spans_seen"] == t["records"] + sum(t["skipped"].values()) + 1
+    )  # the one rejected span_json record
     assert t["records"] == e2e["expected"].height
     assert t["late_calls"] == 0
 
@@ -151,37 +204,69 @@ def test_rollups_equal_independent_recomputation(e2e):
     # The official openai-v2 instrumentation's default (deprecated-names) mode drops cached and
     # reasoning token details (reference S2); the encoder reproduces that, so expect zeros there.
     drops_details = pl.col("conv") == "otel_deprecated"
-    exp = e2e["expected"].with_columns(
-        pl.struct("finish_reason", "is_error").map_elements(
-            lambda s: _expected_class(s["finish_reason"], s["is_error"]), return_dtype=pl.String
-        ).alias("cls"),
-        pl.when(drops_details).then(0).otherwise(pl.col("cached_input_tokens")).alias("cached"),
-        pl.when(drops_details).then(0).otherwise(pl.col("reasoning_tokens")).alias("reasoning"),
-    ).with_columns(
-        (pl.col("refusal") | (pl.col("cls") == "content_filter")).alias("is_refusal"),
-        (pl.col("parse_ok") == False).fill_null(False).alias("parse_failed"),  # noqa: E712
+    exp = (
+        e2e["expected"]
+        .with_columns(
+            pl.struct("finish_reason", "is_error")
+            .map_elements(
+                lambda s: _expected_class(s["finish_reason"], s["is_error"]), return_dtype=pl.String
+            )
+            .alias("cls"),
+            pl.when(drops_details).then(0).otherwise(pl.col("cached_input_tokens")).alias("cached"),
+            pl.when(drops_details).then(0).otherwise(pl.col("reasoning_tokens")).alias("reasoning"),
+        )
+        .with_columns(
+            (pl.col("refusal") | (pl.col("cls") == "content_filter")).alias("is_refusal"),
+            (pl.col("parse_ok") == False).fill_null(False).alias("parse_failed"),  # noqa: E712
+        )
     )
-    rows = _query(e2e["root"], """
+    rows = _query(
+        e2e["root"],
+        """
         SELECT tenant, sum(calls) AS calls, sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
                sum(cached_input_tokens) AS cached, sum(finish_stop) AS stop, sum(finish_length) AS length,
                sum(finish_tool_calls) AS tool_calls, sum(finish_content_filter) AS content_filter,
                sum(finish_error) AS error, sum(finish_other) AS other, sum(errors) AS errors,
                sum(cost_nanos) AS cost_nanos, sum(unpriced_calls) AS unpriced, sum(reasoning_tokens) AS reasoning,
                sum(refusals) AS refusals, sum(parse_attempts) AS parse_attempts, sum(parse_failures) AS parse_failures
-        FROM rollups WHERE grain = 'tenant' GROUP BY tenant ORDER BY tenant""")
+        FROM rollups WHERE grain = 'tenant' GROUP BY tenant ORDER BY tenant""",
+    )
     got = {r["tenant"]: r for r in rows}
     want = exp.group_by("tenant").agg(
-        pl.len().alias("calls"), pl.col("input_tokens").sum(), pl.col("output_tokens").sum(),
-        pl.col("cached").sum(), pl.col("reasoning").sum(), pl.col("is_error").sum().alias("errors"),
-        pl.col("is_refusal").sum().alias("refusals"), pl.col("parse_ok").is_not_null().sum().alias("parse_attempts"),
+        pl.len().alias("calls"),
+        pl.col("input_tokens").sum(),
+        pl.col("output_tokens").sum(),
+        pl.col("cached").sum(),
+        pl.col("reasoning").sum(),
+        pl.col("is_error").sum().alias("errors"),
+        pl.col("is_refusal").sum().alias("refusals"),
+        pl.col("parse_ok").is_not_null().sum().alias("parse_attempts"),
         pl.col("parse_failed").sum().alias("parse_failures"),
-        *[(pl.col("cls") == c).sum().alias(c) for c in ("stop", "length", "tool_calls", "content_filter", "error", "other")],
+        *[
+            (pl.col("cls") == c).sum().alias(c)
+            for c in ("stop", "length", "tool_calls", "content_filter", "error", "other")
+        ],
     )
     assert set(got) == set(want["tenant"].to_list())
     for w in want.iter_rows(named=True):
         g = got[w["tenant"]]
-        for col in ("calls", "input_tokens", "output_tokens", "cached", "reasoning", "errors", "stop", "length",
-                    "tool_calls", "content_filter", "error", "other", "refusals", "parse_attempts", "parse_failures"):
+        for col in (
+            "calls",
+            "input_tokens",
+            "output_tokens",
+            "cached",
+            "reasoning",
+            "errors",
+            "stop",
+            "length",
+            "tool_calls",
+            "content_filter",
+            "error",
+            "other",
+            "refusals",
+            "parse_attempts",
+            "parse_failures",
+        ):
             assert g[col] == w[col], (w["tenant"], col, g[col], w[col])
         assert g["unpriced"] == 0
     exp_nanos = sum(_nanos(r) for r in exp.iter_rows(named=True))
@@ -190,22 +275,35 @@ def test_rollups_equal_independent_recomputation(e2e):
 
 
 def test_every_grain_has_the_same_totals(e2e):
-    rows = _query(e2e["root"], "SELECT grain, sum(calls) AS calls, sum(cost_nanos) AS cost FROM rollups GROUP BY grain")
-    assert {r["grain"] for r in rows} == {"tenant", "tenant.model", "model", "feature.prompt_version"}
+    rows = _query(
+        e2e["root"],
+        "SELECT grain, sum(calls) AS calls, sum(cost_nanos) AS cost FROM rollups GROUP BY grain",
+    )
+    assert {r["grain"] for r in rows} == {
+        "tenant",
+        "tenant.model",
+        "model",
+        "feature.prompt_version",
+    }
     assert len({(r["calls"], r["cost"]) for r in rows}) == 1
 
 
 def test_quantiles_from_merged_histograms_are_within_the_stated_error(e2e):
     exp = e2e["expected"]
-    rows = _query(e2e["root"], """
+    rows = _query(
+        e2e["root"],
+        """
         SELECT model, hist_quantile(hist_merge(list(input_tokens_hist)), 0.95) AS p95,
                hist_quantile(hist_merge(list(latency_s_hist)), 0.5) AS p50
-        FROM rollups WHERE grain = 'tenant.model' GROUP BY model""")
+        FROM rollups WHERE grain = 'tenant.model' GROUP BY model""",
+    )
     assert rows
     for r in rows:
         part = exp.filter(pl.col("model") == r["model"])
         # Failed calls report no usage, so they are not in the token histogram (unknown is not 0).
-        p95 = np.quantile(part.filter(~pl.col("is_error"))["input_tokens"].to_numpy(), 0.95, method="inverted_cdf")
+        p95 = np.quantile(
+            part.filter(~pl.col("is_error"))["input_tokens"].to_numpy(), 0.95, method="inverted_cdf"
+        )
         latency = ((part["end_time_ms"] - part["start_time_ms"]) / 1000).to_numpy()
         p50 = np.quantile(latency, 0.5, method="inverted_cdf")
         assert abs(r["p95"] - p95) <= RELATIVE_ERROR * p95 + 1e-9, (r, p95)

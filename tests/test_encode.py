@@ -16,6 +16,7 @@ import polars as pl
 import pytest
 from google.protobuf import json_format
 from opentelemetry.proto.trace.v1 import trace_pb2
+
 from spanpulse.schemas.encode import (
     CANARY,
     CONVENTIONS,

@@ -45,7 +45,14 @@ def _rows(n: int, seed: int, start: int, span_ms: int) -> list[dict]:
 def _run(parts: dict[str, list], lateness_ms: int = 10_000):
     agg = Aggregator(grains=GRAINS, window_ms=MIN)
     src = MemorySource(parts)
-    params = FlowParams(BatchProcessor({"fake": FakeDecoder()}, agg), src.partition_ids(), MIN, lateness_ms, 30_000, GRAINS)
+    params = FlowParams(
+        BatchProcessor({"fake": FakeDecoder()}, agg),
+        src.partition_ids(),
+        MIN,
+        lateness_ms,
+        30_000,
+        GRAINS,
+    )
     rollups, dead = ListSink(), ListSink()
     run_main(build_flow(params, src, FlowSinks(rollups, dead)))
     finals = [rows for tag, rows in rollups.items if tag == "final"]
@@ -55,7 +62,11 @@ def _run(parts: dict[str, list], lateness_ms: int = 10_000):
 
 def _expected(rows: list[dict]) -> pl.DataFrame:
     df = pl.DataFrame(rows).with_columns(((pl.col("end_time_ms") // MIN) * MIN).alias("ws"))
-    return df.group_by("ws", "tenant").agg(pl.len().alias("calls"), pl.col("input_tokens").sum()).sort("ws", "tenant")
+    return (
+        df.group_by("ws", "tenant")
+        .agg(pl.len().alias("calls"), pl.col("input_tokens").sum())
+        .sort("ws", "tenant")
+    )
 
 
 def test_backlog_on_partitions_read_at_different_speeds_loses_nothing():
@@ -67,7 +78,9 @@ def test_backlog_on_partitions_read_at_different_speeds_loses_nothing():
     assert late == []
     got = (
         finals.filter(pl.col("grain") == "tenant")
-        .select(pl.col("window_start").dt.epoch("ms").alias("ws"), "tenant", "calls", "input_tokens")
+        .select(
+            pl.col("window_start").dt.epoch("ms").alias("ws"), "tenant", "calls", "input_tokens"
+        )
         .sort("ws", "tenant")
     )
     assert got.equals(_expected(p0 + p1))
@@ -79,7 +92,9 @@ def test_every_grain_reconciles_to_the_same_totals():
     finals, late = _run({"t#0": batches_for("t#0", rows, 137)})
     assert late, "shuffled input with 10 s lateness must produce late rows"
     every = pl.concat([finals, *late])
-    sums = every.group_by("grain").agg(pl.col("calls", "input_tokens", "output_tokens", "cost_nanos").sum())
+    sums = every.group_by("grain").agg(
+        pl.col("calls", "input_tokens", "output_tokens", "cost_nanos").sum()
+    )
     assert sums.height == len(GRAINS)
     for col in ("calls", "input_tokens", "output_tokens", "cost_nanos"):
         assert sums[col].n_unique() == 1
@@ -90,7 +105,9 @@ def test_every_grain_reconciles_to_the_same_totals():
 def test_batch_boundaries_do_not_change_the_output():
     rows = sorted(_rows(1500, 4, T0, 15 * MIN), key=lambda r: r["end_time_ms"])
     a, _ = _run({"t#0": batches_for("t#0", rows, 1500)})
-    b, _ = _run({"t#0": batches_for("t#0", rows[:700], 7)[:-1] + batches_for("t#0", rows[700:], 91)})
+    b, _ = _run(
+        {"t#0": batches_for("t#0", rows[:700], 7)[:-1] + batches_for("t#0", rows[700:], 91)}
+    )
     key = ["grain", "window_start", "tenant", "model", "feature", "prompt_version"]
     assert a.sort(key, nulls_last=True).equals(b.sort(key, nulls_last=True))
 
@@ -113,7 +130,10 @@ def test_out_of_order_within_lateness_is_on_time(lateness_ms):
     base = _rows(50, 7, T0 + 5 * MIN, 1)
     rows = [r | {"end_time_ms": T0 + 5 * MIN + 50_000} for r in base[:25]]
     rows += [r | {"end_time_ms": T0 + 5 * MIN + 20_000} for r in base[25:]]  # 30 s back
-    finals, late = _run({"t#0": batches_for("t#0", rows[:25], 25)[:-1] + batches_for("t#0", rows[25:], 25)}, lateness_ms)
+    finals, late = _run(
+        {"t#0": batches_for("t#0", rows[:25], 25)[:-1] + batches_for("t#0", rows[25:], 25)},
+        lateness_ms,
+    )
     # Windows are judged by the watermark *before* each batch, so same-window disorder is never late.
     assert late == []
     assert int(finals.filter(pl.col("grain") == "tenant")["calls"].sum()) == 50

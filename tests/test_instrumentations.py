@@ -29,8 +29,9 @@ from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor as OtelOp
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from spanpulse.schemas.decode import DecodedBatch
 from test_decode_support import batch_without_content, make_decoder, messages, proto_to_otlp_json
+
+from spanpulse.schemas.decode import DecodedBatch
 
 OPENAI_INSTRUMENTORS: dict[str, Callable[[], Any]] = {
     "otel_v2": OtelOpenAIV2,

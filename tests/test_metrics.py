@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+
 from spanpulse.schemas.histogram import BASE, ZERO_BUCKET, bucket_of, merge_counts
 from spanpulse.schemas.record import DIMENSIONS
 from spanpulse.schemas.rollup_schema import (

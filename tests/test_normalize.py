@@ -6,6 +6,7 @@ from typing import Any
 
 import polars as pl
 import pytest
+
 from spanpulse.schemas.conventions import FINISH_CLASS_OF, canonical_provider, operation_of
 from spanpulse.schemas.normalize import (
     FINISH_SEPARATOR,

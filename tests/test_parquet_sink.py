@@ -9,6 +9,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
+
 from spanpulse.schemas.histogram import HIST_DTYPE, bucket_of
 from spanpulse.schemas.record import DIMENSIONS
 from spanpulse.schemas.rollup_schema import ADDITIVE_COLUMNS, HIST_COLUMNS, ROLLUP_SCHEMA

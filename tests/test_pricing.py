@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 from genai_prices import Usage, calc_price, data_snapshot
 from genai_prices import types as gp
+
 from spanpulse.schemas.pricing import (
     Plan,
     Pricing,

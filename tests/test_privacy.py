@@ -10,12 +10,21 @@ from spanpulse.schemas.record import UNKNOWN, conform
 
 
 def _records(tenants):
-    return conform(pl.DataFrame({
-        "end_time_ms": [1_790_000_000_000] * len(tenants), "tenant": tenants, "model": ["m"] * len(tenants),
-        "trace_id": [f"{i:032x}" for i in range(len(tenants))], "finish_class": ["stop"] * len(tenants),
-        "is_error": [False] * len(tenants), "is_refusal": [False] * len(tenants),
-        "parse_attempt": [False] * len(tenants), "parse_failure": [False] * len(tenants),
-    }))
+    return conform(
+        pl.DataFrame(
+            {
+                "end_time_ms": [1_790_000_000_000] * len(tenants),
+                "tenant": tenants,
+                "model": ["m"] * len(tenants),
+                "trace_id": [f"{i:032x}" for i in range(len(tenants))],
+                "finish_class": ["stop"] * len(tenants),
+                "is_error": [False] * len(tenants),
+                "is_refusal": [False] * len(tenants),
+                "parse_attempt": [False] * len(tenants),
+                "parse_failure": [False] * len(tenants),
+            }
+        )
+    )
 
 
 def test_pseudonyms_are_stable_keyed_and_unlinkable_without_the_salt():

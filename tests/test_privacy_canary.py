@@ -53,14 +53,18 @@ def _topic_values(bootstrap: str, topic: str) -> list[bytes]:
     return out
 
 
-def test_canary_from_content_attributes_appears_nowhere(broker, topic_factory, tmp_path, caplog, capfd):
+def test_canary_from_content_attributes_appears_nowhere(
+    broker, topic_factory, tmp_path, caplog, capfd
+):
     caplog.set_level(logging.DEBUG)
     proto, flat = topic_factory("canary-proto", 2), topic_factory("canary-flat", 1)
     dlq, alerts = topic_factory("canary-dlq"), topic_factory("canary-alerts")
     calls = TrafficModel(seed=5, tenants=20, rate_per_s=5.0).calls(START_MS, 8 * 60)
     producer = BulkProducer({"bootstrap.servers": broker.bootstrap})
     for conv in ("otel", "traceloop_legacy", "traceloop", "openinference", "anthropic_native"):
-        producer.send(proto, encode_calls(calls, "otlp_proto", convention=conv, include_content=True))
+        producer.send(
+            proto, encode_calls(calls, "otlp_proto", convention=conv, include_content=True)
+        )
     flat_values = [
         json.dumps(json.loads(v) | {"prompt": f"{CANARY} in an unknown field"}).encode()
         for v in encode_calls(calls.head(200), "span_json")
@@ -68,8 +72,13 @@ def test_canary_from_content_attributes_appears_nowhere(broker, topic_factory, t
     producer.send(flat, flat_values)
     # Malformed messages that contain the canary: dead letters must not carry it with payloads off.
     producer.send(proto, [b"\x0a\xff" + CANARY.encode()])
-    producer.send(flat, [json.dumps({"end_time": "bad", "model": "gpt-4o", "prompt": CANARY}).encode(),
-                         b"{" + CANARY.encode()])
+    producer.send(
+        flat,
+        [
+            json.dumps({"end_time": "bad", "model": "gpt-4o", "prompt": CANARY}).encode(),
+            b"{" + CANARY.encode(),
+        ],
+    )
     producer.flush()
 
     out = tmp_path / "rollups"

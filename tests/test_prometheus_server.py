@@ -24,6 +24,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
+
 from spanpulse.schemas.histogram import HIST_DTYPE, bucket_of, merge_counts
 from spanpulse.sinks.metrics import Metrics, start_http_server
 

@@ -11,6 +11,7 @@ import duckdb
 import numpy as np
 import polars as pl
 import pytest
+
 from spanpulse.schemas.histogram import (
     DUCKDB_MACROS,
     HIST_DTYPE,

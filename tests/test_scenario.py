@@ -10,6 +10,7 @@ from typing import Any
 
 import polars as pl
 import pytest
+
 from spanpulse.schemas.scenario import KINDS, SIGNALS, IncidentLabel, Scenario, ScenarioError
 from spanpulse.schemas.traffic import LENGTH_FINISH, context_fill_expr
 

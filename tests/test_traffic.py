@@ -7,6 +7,7 @@ import time
 import numpy as np
 import polars as pl
 import pytest
+
 from spanpulse.schemas.traffic import (
     CALL_SCHEMA,
     FEATURE_BY_NAME,
