@@ -34,6 +34,7 @@ column-wise happens here, once per batch, in Polars:
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from operator import itemgetter
 from typing import Final
@@ -251,16 +252,37 @@ def _model_from_invocation_parameters(raw: object) -> str | None:
 
 
 def raw_frame(rows: Sequence[Row]) -> pl.DataFrame:
-    """Build the batch's raw frame from extracted rows (one transpose, one Series per column)."""
+    """Build the batch's raw frame from extracted rows (one transpose, one Series per column).
+
+    A JSON string may hold a lone UTF-16 surrogate (the escape ``"\\ud800"`` is legal JSON
+    syntax) that Python keeps but UTF-8 cannot encode; Polars then raises for the whole batch.
+    Only in that rare case are the strings cleaned (surrogates become U+FFFD), so one hostile
+    message cannot fail its batch and the common path costs nothing extra.
+    """
     if not rows:
         return pl.DataFrame(schema=RAW_SCHEMA)
     columns = list(zip(*rows, strict=True))
+    try:
+        return _frame(columns)
+    except UnicodeEncodeError:
+        return _frame([tuple(map(without_surrogates, col)) for col in columns])
+
+
+def _frame(columns: Sequence[Sequence[object]]) -> pl.DataFrame:
     return pl.DataFrame(
         [
             pl.Series(name, col, dtype=dtype, strict=False)
             for (name, dtype), col in zip(RAW_SCHEMA.items(), columns, strict=True)
         ]
     )
+
+
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+
+
+def without_surrogates(value: object) -> object:
+    """Replace lone UTF-16 surrogates in a string by U+FFFD; other values pass unchanged."""
+    return _SURROGATE.sub("\ufffd", value) if isinstance(value, str) else value
 
 
 # ----------------------------------------------------------------------------------------------
