@@ -157,6 +157,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("--config", type=Path)
     q.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    a = sub.add_parser("alerts", help="work with the alert topic")
+    asub = a.add_subparsers(dest="alerts_command", required=True, parser_class=_Parser)
+    t = asub.add_parser("tail", help="print alerts as JSON lines (deduplicated by id)")
+    t.add_argument(
+        "--config", type=Path, help="read kafka settings and alert_topic from this config"
+    )
+    t.add_argument("--bootstrap", help="override kafka.bootstrap_servers")
+    t.add_argument("--topic", help="override kafka.alert_topic")
+    t.add_argument("--from-beginning", action="store_true", help="start at the oldest alert")
+    t.add_argument(
+        "--idle-exit", type=_positive_float, help="exit after this many seconds without a new alert"
+    )
+    t.add_argument(
+        "--keep-duplicates", action="store_true", help="print re-deliveries of the same alert id"
+    )
     return p
 
 
@@ -171,7 +186,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from spanpulse.broker import BrokerError
     from spanpulse.config import ConfigError
 
-    handlers = {"run": cmd_run, "demo": cmd_demo, "generate": cmd_generate, "query": cmd_query}
+    handlers = {
+        "run": cmd_run,
+        "demo": cmd_demo,
+        "generate": cmd_generate,
+        "query": cmd_query,
+        "alerts": cmd_alerts,
+    }
     try:
         return handlers[args.command](args)
     except (UserError, ConfigError, BrokerError) as err:
@@ -408,6 +429,34 @@ def _render(cols: list[str], rows: list[tuple[Any, ...]], fmt: str, table: Any) 
         w.writerows(rows)
         return buf.getvalue().rstrip("\n")
     return str(table(cols, rows))
+
+
+# -------------------------------------------------------------------------------------- alerts
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    """``spanpulse alerts tail``: follow the alert topic, deduplicating re-deliveries by id."""
+    from spanpulse.config import load
+    from spanpulse.sinks.alerts import tail
+
+    settings = load(args.config)
+    client = settings.kafka.client_config()
+    if args.bootstrap:
+        client["bootstrap.servers"] = args.bootstrap
+    topic = args.topic or settings.kafka.alert_topic
+    seen: set[str] = set()
+    for alert in tail(
+        client, topic, from_beginning=args.from_beginning, idle_timeout_s=args.idle_exit
+    ):
+        if not args.keep_duplicates:
+            if alert.get("id") in seen:
+                continue
+            seen.add(str(alert.get("id")))
+            if len(seen) > 100_000:
+                seen.clear()
+        sys.stdout.write(json.dumps(alert) + "\n")
+        sys.stdout.flush()
+    return 0
 
 
 # ---------------------------------------------------------------------------------------- demo

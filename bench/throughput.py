@@ -230,7 +230,7 @@ def encode(df: pl.DataFrame, encoding: str) -> list[bytes]:
 
     out: list[bytes] = []
     for chunk in df.iter_slices(20_000):  # bounded memory while encoding
-        out.extend(encode_calls(chunk, encoding, convention="otel", spans_per_message=200))
+        out.extend(encode_calls(chunk, encoding, convention="otel", spans_per_message=200))  # type: ignore[arg-type]
     return out
 
 
@@ -896,7 +896,9 @@ def render(results: dict[str, Any], command: str) -> str:
         "spans/s = LLM-call spans of the backlog / active seconds. CPU = CPU seconds of the "
         "variant's own processes per million LLM spans (active phase). Peak RSS = largest process "
         "(sum over processes in brackets). "
-        "Broker CPU = tansu CPU seconds per million spans during the run.",
+        "Broker CPU = tansu CPU seconds per million spans during the run. The 2 cores were shared "
+        "with other work while this ran, so spans/s moves with the machine's load; CPU s / M spans "
+        "is the steadier comparison.",
         "",
         _table_row(
             "encoding",
@@ -1090,16 +1092,23 @@ def paced_calls(
     if incident:
         text += incident
     scenario = Scenario.loads(text)
-    df = scenario.calls(chunk_s=60.0).sort("end_time_ms")
+    chunks = scenario.calls_chunks(60.0)  # a minute at a time (by start), not all up front
+    next_start, pending = scenario.start_ms, pl.DataFrame()
     t_end = time.time() + seconds
-    lo = int(start.timestamp() * 1000)
     while time.time() < t_end:
-        hi = int(time.time() * 1000)
-        chunk = df.filter((pl.col("end_time_ms") >= lo) & (pl.col("end_time_ms") < hi))
-        lo = hi
-        if chunk.height:
-            yield chunk
-        time.sleep(max(0.0, 1.0 - (time.time() * 1000 - hi) / 1000))
+        now_ms = int(time.time() * 1000)
+        while next_start <= now_ms + 1000 and (chunk := next(chunks, None)) is not None:
+            pending = pl.concat([pending, chunk], how="diagonal_relaxed")
+            next_start += 60_000
+        if not pending.height:
+            time.sleep(0.5)
+            continue
+        pending = pending.sort("end_time_ms")
+        ready = pending.filter(pl.col("end_time_ms") <= now_ms)
+        pending = pending.slice(ready.height)
+        if ready.height:
+            yield ready
+        time.sleep(0.5)
 
 
 class LiveJob:
@@ -1255,10 +1264,15 @@ def run_live(
             samples = sample_live(job, alerts, prod, seconds)
             stop.set()
             prod.join(60)
+            alerts.poll(5.0)  # alerts for the last windows
             alive = job.alive()
+        alerts.close()
         tail = (workdir / "live" / "live-job.err").read_text(errors="replace")[-1500:]
+    from spanpulse.config import WindowSettings
+
     return {
         **info,
+        "allowed_lateness_s": WindowSettings().allowed_lateness_ms / 1000,
         "rate_spans_per_s": rate,
         "seconds": seconds,
         "sent_calls": sent[0],
@@ -1316,6 +1330,9 @@ class AlertTail:
         self.consumer.assign([TopicPartition(topic, p, OFFSET_END) for p in parts])
         self.received: list[dict[str, Any]] = []
 
+    def close(self) -> None:
+        self.consumer.close()
+
     def poll(self, seconds: float) -> None:
         deadline = time.time() + seconds
         while time.time() < deadline:
@@ -1338,6 +1355,13 @@ def alert_window_end_s(alert: dict[str, Any]) -> float | None:
         with contextlib.suppress(ValueError):
             return datetime.fromisoformat(str(v).replace("Z", "+00:00")).timestamp()
     return None
+
+
+def _per_minute(samples: list[dict[str, float]]) -> list[float]:
+    by: dict[int, list[float]] = {}
+    for x in samples:
+        by.setdefault(int(x["t"] // 60), []).append(x["rss_mb"])
+    return [statistics.median(v) for _k, v in sorted(by.items())]
 
 
 def render_live(res: dict[str, Any], mode: str) -> str:
@@ -1377,7 +1401,7 @@ def render_live(res: dict[str, Any], mode: str) -> str:
                     "",
                 ]
             )
-        lateness = 30.0
+        lateness = res["allowed_lateness_s"]
         return "\n".join(
             [
                 *head,
@@ -1400,6 +1424,7 @@ def render_live(res: dict[str, Any], mode: str) -> str:
             f"- RSS: min {min(rss):.0f} MB, max {max(rss):.0f} MB; median of the 2nd fifth "
             f"{first:.0f} MB, of the last fifth {last:.0f} MB ({(last / first - 1) * 100:+.1f} %): "
             f"{'flat' if flat else 'GROWING'} (criterion: <= +10 %)",
+            "- RSS by minute (median, MB): " + ", ".join(f"{x:.0f}" for x in _per_minute(s)),
             f"- consumer lag at the end: {s[-1]['lag']:.0f} messages; "
             f"calls produced {res['sent_calls']:,}",
             "",
@@ -1512,6 +1537,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             results = run_latency(o, workdir) if o.mode == "latency" else run_soak(o, workdir)
             report = render_live(results, o.mode)
+        results["command"] = command
         if o.json_out:
             Path(o.json_out).write_text(json.dumps(results, indent=1, default=str))
         sys.stdout.write(report)

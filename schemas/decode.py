@@ -172,6 +172,11 @@ class Decoder:
             reason, detail = "json_decode_error", f"not valid JSON: {err}"
         except OtlpJsonError as err:  # our own message: names fields, never echoes values
             reason, detail = "schema_violation", f"not OTLP trace data: {err}"
+        except RecursionError:  # json.loads on hostile nesting (thousands of levels)
+            reason = (
+                "json_decode_error" if self.encoding == "otlp_json" else "protobuf_decode_error"
+            )
+            detail = "nested too deeply to decode"
         except (TypeError, AttributeError, ValueError) as err:  # type name only: no values
             reason = "schema_violation" if self.encoding == "otlp_json" else "protobuf_decode_error"
             detail = f"not OTLP trace data ({type(err).__name__})"

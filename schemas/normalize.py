@@ -252,9 +252,9 @@ def _model_from_invocation_parameters(raw: object) -> str | None:
 
 
 def raw_frame(rows: Sequence[Row]) -> pl.DataFrame:
-    """Build the batch's raw frame from extracted rows (one transpose, one Series per column).
+    r"""Build the batch's raw frame from extracted rows (one transpose, one Series per column).
 
-    A JSON string may hold a lone UTF-16 surrogate (the escape ``"\\ud800"`` is legal JSON
+    A JSON string may hold a lone UTF-16 surrogate (escaped as ``\ud800`` it is legal JSON
     syntax) that Python keeps but UTF-8 cannot encode; Polars then raises for the whole batch.
     Only in that rare case are the strings cleaned (surrogates become U+FFFD), so one hostile
     message cannot fail its batch and the common path costs nothing extra.
@@ -277,7 +277,7 @@ def _frame(columns: Sequence[Sequence[object]]) -> pl.DataFrame:
     )
 
 
-_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+_SURROGATE: Final = re.compile(r"[\ud800-\udfff]")
 
 
 def without_surrogates(value: object) -> object:

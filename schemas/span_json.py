@@ -29,7 +29,7 @@ from typing import Any, Final
 import polars as pl
 
 from spanpulse.schemas.conventions import LLM_OPERATIONS
-from spanpulse.schemas.normalize import FINISH_SEPARATOR, RAW_SCHEMA
+from spanpulse.schemas.normalize import FINISH_SEPARATOR, RAW_SCHEMA, without_surrogates
 
 STRING_FIELDS: Final = (
     "end_time",
@@ -130,7 +130,8 @@ def _read_slow(values: Sequence[bytes]) -> tuple[pl.DataFrame, list[tuple[int, s
     for pos, value in enumerate(values):
         try:
             doc = json.loads(value, parse_constant=_reject_constant)
-        except ValueError as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        # JSONDecodeError and UnicodeDecodeError are ValueErrors; RecursionError: nested too deep
+        except (ValueError, RecursionError) as err:
             failures.append(
                 (pos, "json_decode_error", f"message is not valid JSON ({type(err).__name__})")
             )
@@ -143,7 +144,11 @@ def _read_slow(values: Sequence[bytes]) -> tuple[pl.DataFrame, list[tuple[int, s
         obj["_pos"] = pos
         good.append(obj)
     schema = {**READ_SCHEMA, "_pos": pl.Int64()}
-    return pl.DataFrame(good, schema=schema), failures
+    try:
+        return pl.DataFrame(good, schema=schema), failures
+    except UnicodeEncodeError:  # a lone surrogate (JSON "\\ud800"): see normalize.raw_frame
+        clean = [{k: without_surrogates(v) for k, v in obj.items()} for obj in good]
+        return pl.DataFrame(clean, schema=schema), failures
 
 
 def validate_object(doc: object) -> dict[str, Any]:

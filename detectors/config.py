@@ -1,0 +1,2 @@
+"""placeholder"""
+DEFAULT_LEVEL_SHIFT_THRESHOLD = 0.3
