@@ -54,15 +54,16 @@ class LevelShiftParams:
     calibration_warmup: int = 50
     tail_quantile: float = 0.99
     smoothing: int = 10
-    smoothing_halflife: float = 2000.0
+    smoothing_halflife: float = 5000.0
     refractory: int = 100
     alarm_p: float = 1e-3
     adapt_after: int = 30
     direction: Direction = "both"
     season_period_s: float = 86400.0
-    season_slots: int = 24
+    season_slots: int = 48
     season_memory_days: float = 1.7
     season_min_days: float = 1.0
+    season_gate: float = 0.8
 
     def __post_init__(self) -> None:
         if self.window < 5 or self.warmup < 1 or self.smoothing < 1 or self.adapt_after < 1:
@@ -109,7 +110,8 @@ class LevelShift:
         self._smooth_stats = EwStats(p.smoothing_halflife)
         self._recent: deque[float] = deque(maxlen=p.smoothing)
         self._season = SeasonalProfile(
-            p.season_period_s, p.season_slots, p.season_memory_days, p.season_min_days
+            p.season_period_s, p.season_slots, p.season_memory_days, p.season_min_days,
+            p.season_gate,
         )
         self._pending: list[tuple[float, float | None]] = []
         self._since_alarm = p.refractory  # no alarm yet: not refractory

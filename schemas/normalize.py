@@ -5,9 +5,9 @@ raw, type-checked values per LLM-call span (:data:`RAW_SCHEMA`).  Everything tha
 column-wise happens here, once per batch, in Polars:
 
 * **Validation** (:func:`reject_reasons`): a span with a bad attribute type, a NaN/inf, negative or
-  absurd (> ``max_tokens``) token counts, a negative cost or TTFT, an end time before
-  ``min_time_ms`` or after ``now + max_future_skew_ms`` (or missing), or an end before its start is
-  rejected on its own; the rest of its message is kept.
+  absurd (> ``max_tokens``) token counts, a negative or absurd cost, a negative TTFT, an end time
+  before ``min_time_ms`` or after ``now + max_future_skew_ms`` (or missing), or an end before its
+  start is rejected on its own; the rest of its message is kept.
 * **Token coalescing**: a missing input or output count is derived from the total when the total
   and the other side are known.  Input tokens include cached tokens (OTel rule, and what every
   current instrumentation reports, S15); when a span reports fewer input tokens than its cache
@@ -55,6 +55,11 @@ FINISH_SEPARATOR: Final = "\x1f"
 
 #: Largest token count a single call may report; above it the span is rejected as absurd.
 MAX_TOKENS_PER_CALL: Final = 10_000_000
+
+#: Largest span-reported cost (USD) of one call; above it the span is rejected as absurd.  Ten
+#: million tokens at today's dearest price cost a few thousand dollars; the bound also keeps
+#: ``cost_nanos`` (and window sums of it) far inside Int64, whose overflow used to fail the batch.
+MAX_COST_USD_PER_CALL: Final = 100_000.0
 
 _I64_MAX: Final = (1 << 63) - 1
 _NS_PER_MS: Final = 1_000_000
@@ -293,6 +298,7 @@ _REASON_DETAILS: Final[dict[str, str]] = {
     "negative_tokens": "a token count is negative",
     "absurd_tokens": "a token count exceeds the per-call maximum",
     "negative_cost": "the span-reported cost is negative",
+    "absurd_cost": "the span-reported cost exceeds the per-call maximum",
     "negative_duration": "the time to first token is negative",
     "timestamp_out_of_range": "the span end time is missing, before the minimum time or too far "
     "in the future",
@@ -322,6 +328,8 @@ def reject_reasons(
         .then(pl.lit("absurd_tokens"))
         .when(pl.col("span_cost_usd") < 0)
         .then(pl.lit("negative_cost"))
+        .when(pl.col("span_cost_usd") > MAX_COST_USD_PER_CALL)
+        .then(pl.lit("absurd_cost"))
         .when(pl.col("ttft_s") < 0)
         .then(pl.lit("negative_duration"))
         .when(end.is_null() | (end < lo_ns) | (end > hi_ns))

@@ -91,6 +91,8 @@ def _any_value(value: Any) -> tuple[str, Any] | None:
             return which, [e for e in (_any_value(v) for v in values) if e is not None]
         if which in ("int_value", "double_value") and isinstance(raw, str):
             raw = _number(raw, which)
+        elif which == "bytes_value":  # base64 text here, but bytes: rejected as in protobuf
+            raw = b""
         return which, raw
     return None
 

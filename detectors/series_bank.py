@@ -1,0 +1,123 @@
+"""One detector per series of a grain, fed window after window: the unit the dataflow keys by grain.
+
+Why keyed by grain (not by series): every closed window reaches the bank of its grain whole, so
+the bank also sees which series had *no* traffic in that window (``tick``) -- the only way a
+firing alert on a series that went silent gets resolved -- and can drop series that have been
+quiet long enough, keeping state bounded (the cardinality limiter already bounds how many series
+a grain can have).  Rows of one level down (e.g. ``tenant.model`` rows for a ``tenant`` row)
+come along as ``children`` so alerts can name the contributor that explains a change.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+import polars as pl
+
+from spanpulse.schemas.record import OTHER
+
+
+class AlertLike(Protocol):
+    """What the bank needs from an alert."""
+
+    status: str
+    detector: str
+    severity: str
+
+
+class SeriesDetectorLike(Protocol):
+    """The per-series engine (see ``spanpulse.detectors``)."""
+
+    def observe(
+        self, row: Mapping[str, Any], children: Sequence[Mapping[str, Any]] = ()
+    ) -> list[Any]:
+        """Score one on-time rollup row of this series; return firing/resolved alerts."""
+        ...
+
+    def tick(self, window_end: datetime) -> list[Any]:
+        """The window closed without a row for this series."""
+        ...
+
+    @property
+    def idle(self) -> bool:
+        """True when the state can be dropped."""
+        ...
+
+
+def child_grain(
+    grain_dims: Sequence[str], grains: Sequence[Sequence[str]]
+) -> tuple[str, ...] | None:
+    """Return the first configured grain that refines ``grain_dims`` by exactly one dimension."""
+    parent = set(grain_dims)
+    for dims in grains:
+        if len(dims) == len(grain_dims) + 1 and parent < set(dims):
+            return tuple(dims)
+    return None
+
+
+@dataclass
+class DetectorBank:
+    """Series detectors of one grain.
+
+    Args:
+        grain_dims: the grain's dimensions.
+        factory: builds a fresh detector for a new series.
+        version: algorithm + parameters; a restored bank with another version starts fresh.
+    """
+
+    grain_dims: tuple[str, ...]
+    factory: Callable[[], SeriesDetectorLike]
+    version: str = ""
+    detectors: dict[tuple[str, ...], SeriesDetectorLike] = field(default_factory=dict)
+    firing: Counter[tuple[str, str]] = field(default_factory=Counter)
+    last_window: datetime | None = None
+
+    def observe_window(self, rows: pl.DataFrame, children: pl.DataFrame | None = None) -> list[Any]:
+        """Feed one closed window's on-time rows of this grain; return the alerts it raises."""
+        if rows.is_empty():
+            return []
+        window_end = rows["window_end"][0]
+        if self.last_window is not None and window_end <= self.last_window:
+            return []  # a window re-emitted after a restart was already scored
+        self.last_window = window_end
+        kids = _children_by_parent(children, self.grain_dims)
+        alerts: list[Any] = []
+        seen: set[tuple[str, ...]] = set()
+        for row in rows.iter_rows(named=True):
+            key = tuple(str(row[d]) for d in self.grain_dims)
+            if OTHER in key:  # the overflow bucket is not an actionable series
+                continue
+            seen.add(key)
+            det = self.detectors.get(key)
+            if det is None:
+                det = self.detectors[key] = self.factory()
+            alerts += det.observe(row, kids.get(key, ()))
+        for key, det in list(self.detectors.items()):
+            if key not in seen:
+                alerts += det.tick(window_end)
+                if det.idle:
+                    del self.detectors[key]
+        self._count(alerts)
+        return alerts
+
+    def _count(self, alerts: Sequence[Any]) -> None:
+        for a in alerts:
+            k = (a.detector, a.severity)
+            self.firing[k] += 1 if a.status == "firing" else -1
+            if self.firing[k] <= 0:
+                del self.firing[k]
+
+
+def _children_by_parent(
+    children: pl.DataFrame | None, parent_dims: Sequence[str]
+) -> dict[tuple[str, ...], list[dict[str, Any]]]:
+    out: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    if children is None or children.is_empty():
+        return out
+    for row in children.iter_rows(named=True):
+        out.setdefault(tuple(str(row[d]) for d in parent_dims), []).append(row)
+    return out
