@@ -39,12 +39,12 @@ class SeriesDetectorLike(Protocol):
         ...
 
     def tick(self, window_end: datetime) -> list[Any]:
-        """The window closed without a row for this series."""
+        """Account a window that closed without a row for this series."""
         ...
 
     @property
     def idle(self) -> bool:
-        """True when the state can be dropped."""
+        """Return True when the state can be dropped."""
         ...
 
 
