@@ -451,6 +451,59 @@ def _context_windows(raw: Mapping[str, Any]) -> dict[str, int]:
     return {k: _positive_int(f'context_windows."{k}"', v) for k, v in t.items()}
 
 
+#: ``[detectors]`` keys a config file may set (the rest keep DetectorConfig's defaults).
+DETECTOR_KEYS: Final = {
+    "budgets_usd_per_day": dict,
+    "budgets_usd_per_hour": dict,
+    "default_budget_usd_per_day": float,
+    "default_budget_usd_per_hour": float,
+    "critical_score": float,
+    "level_shift_threshold": float,
+    "proportion_threshold": float,
+    "drift_threshold": float,
+    "min_calls_for_percentiles": int,
+    "max_exemplars": int,
+    "idle_after_windows": int,
+    "enabled": bool,
+}
+
+
+def _detectors(raw: Mapping[str, Any]) -> dict[str, Any]:
+    t = _table(raw, "detectors")
+    _reject_unknown("detectors", t, set(DETECTOR_KEYS))
+    out: dict[str, Any] = {}
+    for key, value in t.items():
+        kind = DETECTOR_KEYS[key]
+        where = f"detectors.{key}"
+        if kind is dict:
+            table = _expect(where, value, dict, "a table of tenant = USD")
+            for tenant, usd in table.items():
+                v = _expect(f'{where}."{tenant}"', usd, (int, float), "a budget in USD")
+                if v <= 0:
+                    msg = f'{where}."{tenant}": budget must be positive, got {v}'
+                    raise ConfigError(msg)
+            out[key] = {k: float(v) for k, v in table.items()}
+        elif kind is float:
+            out[key] = float(_expect(where, value, (int, float), "a number"))
+        elif kind is int:
+            out[key] = _positive_int(where, value)
+        else:
+            out[key] = _expect(where, value, bool, "true or false")
+    try:
+        detector_config(out)
+    except ValueError as err:
+        msg = f"detectors: {err}; check the thresholds (0 < resolve <= threshold < 1)"
+        raise ConfigError(msg) from err
+    return out
+
+
+def detector_config(detectors: Mapping[str, Any]) -> Any:
+    """Build the detectors' ``DetectorConfig`` from the validated ``[detectors]`` table."""
+    from spanpulse.detectors.config import DetectorConfig
+
+    return DetectorConfig(**{k: v for k, v in detectors.items() if k != "enabled"})
+
+
 def _metrics(raw: Mapping[str, Any]) -> MetricsSettings:
     t = _table(raw, "metrics")
     _reject_unknown("metrics", t, {"port", "addr"})
@@ -527,7 +580,7 @@ def from_mapping(raw: Mapping[str, Any]) -> Settings:
         ),
         hash_tenant_ids=hash_ids,
         tenant_salt=_resolve_secret("privacy.tenant_salt", salt) if hash_ids else "",
-        detectors=_table(raw, "detectors"),
+        detectors=_detectors(raw),
         metrics=_metrics(raw),
         recovery=_recovery(raw),
     )

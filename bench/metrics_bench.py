@@ -84,19 +84,22 @@ def grain_rows(rng: np.random.Generator, grain: str, keys: list[tuple[str, ...]]
     return pl.DataFrame(data)
 
 
-def label_sets(rows: int, seed: int = 1) -> dict[str, list[tuple[str, ...]]]:
-    """Fixed label sets per grain: ``rows`` distinct (tenant, model) pairs and their margins."""
-    rng = np.random.default_rng(seed)
-    tenants = [f"tenant-{i:04d}" for i in range(max(1, rows * 5 // 9))]
-    pairs: set[tuple[str, str]] = set()
+def label_sets(rows: int) -> dict[str, list[tuple[str, ...]]]:
+    """Fixed label sets per grain: ``rows`` distinct (tenant, model) pairs and their margins.
+
+    Tenants use one to five models each (about 600 tenants for 1,800 pairs).
+    """
+    pairs: list[tuple[str, ...]] = []
+    i = 0
     while len(pairs) < rows:
-        t = tenants[int(rng.zipf(1.3) - 1) % len(tenants)] if len(pairs) % 3 else None
-        pairs.add((t or tenants[len(pairs) % len(tenants)], str(rng.choice(MODELS))))
-    tm = sorted(pairs)
+        for j in range(1 + i * 7 % 5):
+            pairs.append((f"tenant-{i:04d}", MODELS[(i + 5 * j) % len(MODELS)]))
+        i += 1
+    tm = pairs[:rows]
     return {
         "tenant.model": tm,
-        "tenant": sorted({(t,) for t, _ in tm}),
-        "model": sorted({(m,) for _, m in tm}),
+        "tenant": sorted({(t[0],) for t in tm}),
+        "model": sorted({(t[1],) for t in tm}),
         "feature.prompt_version": [(f, v) for f in FEATURES for v in PROMPT_VERSIONS],
     }
 

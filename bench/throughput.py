@@ -89,6 +89,7 @@ class Options:
     soak_s: float = 600.0
     latency_s: float = 240.0
     quick: bool = False
+    from_json: str = ""
 
 
 def parse_args(argv: Sequence[str] | None) -> Options:
@@ -121,6 +122,9 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         "for a full throughput run, nothing for --quick); '' to skip",
     )
     p.add_argument("--json-out", default="", help="also dump every raw measurement as JSON")
+    p.add_argument(
+        "--from-json", default="", help="measure nothing: re-render a saved --json-out into --write"
+    )
     p.add_argument(
         "--saturation",
         type=float,
@@ -155,8 +159,9 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     o.runs = a.runs or o.runs
     o.proto_spans = a.proto_spans or o.proto_spans
     o.json_spans = a.json_spans or o.json_spans
-    default_write = "" if a.quick or a.mode != "throughput" else str(REPO / "BENCHMARKS.md")
+    default_write = "" if a.quick else str(REPO / "BENCHMARKS.md")
     o.write = default_write if a.write is None else a.write
+    o.from_json = a.from_json
     bad = [v for v in o.variants if v not in VARIANTS] + [
         e for e in o.encodings if e not in ENCODINGS
     ]
@@ -1080,14 +1085,20 @@ def quix_versions(python: str) -> str:
 def paced_calls(
     o: Options, rate: float, seconds: float, incident: str | None
 ) -> Iterator[pl.DataFrame]:
-    """Live traffic: calls whose end times follow the wall clock, in 1-second chunks."""
+    """Live traffic at ``rate`` calls/s whose end times follow the wall clock, every 0.5 s.
+
+    The traffic model's ``rate`` is a daily mean under a diurnal cycle, so it is divided by the
+    cycle's factor at the start time to get ``rate`` now.
+    """
     from spanpulse.schemas.scenario import Scenario
+    from spanpulse.schemas.traffic import TrafficModel
 
     start = datetime.now(UTC).replace(microsecond=0)
+    daily_mean = rate / TrafficModel(o.seed, o.tenants, 1.0).expected_rate(start.timestamp() * 1000)
     text = (
         f'name = "bench"\nseed = {o.seed}\nstart = "{start.isoformat()}"\n'
         f"duration = {int(seconds) + 60}\n"
-        f"tenants = {o.tenants}\nrate = {rate}\n"
+        f"tenants = {o.tenants}\nrate = {daily_mean}\n"
     )
     if incident:
         text += incident
@@ -1182,20 +1193,28 @@ def live_producer(
     incident: str | None,
     stop: threading.Event,
     sent: list[int],
+    errors: list[str],
 ) -> None:
-    """Produce paced live traffic until ``seconds`` elapsed or ``stop`` is set."""
+    """Produce paced live traffic until ``seconds`` elapsed or ``stop`` is set.
+
+    ``sent[0]`` counts the calls produced; a failure is appended to ``errors`` (this runs in a
+    thread, and a silently dead producer would read as "no alert").
+    """
     from confluent_kafka import Producer
 
     prod = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
     i = 0
-    for chunk in paced_calls(o, rate, seconds, incident):
-        for v in encode(chunk, "otlp_proto"):
-            _produce_one(prod, topic, v, i % PARTITIONS)
-            i += 1
-        sent[0] += chunk.height
-        prod.poll(0)
-        if stop.is_set():
-            break
+    try:
+        for chunk in paced_calls(o, rate, seconds, incident):
+            for v in encode(chunk, "otlp_proto"):
+                _produce_one(prod, topic, v, i % PARTITIONS)
+                i += 1
+            sent[0] += chunk.height
+            prod.poll(0)
+            if stop.is_set():
+                break
+    except Exception as err:
+        errors.append(f"{type(err).__name__}: {err}")
     prod.flush(30)
 
 
@@ -1226,7 +1245,7 @@ def run_latency(o: Options, workdir: Path) -> dict[str, Any]:
     rate = sat / 2
     incident = (
         '\n[[incident]]\nkind = "error_storm"\nstart = "90s"\nduration = "120s"\n'
-        'target = { model = "gpt-4o" }\nmagnitude = 0.5\n'
+        'target = { provider = "openai" }\nmagnitude = 0.3\n'
     )
     return run_live(o, workdir, rate, o.latency_s, incident, {"saturation_spans_per_s": sat})
 
@@ -1254,10 +1273,20 @@ def run_live(
         alerts = AlertTail(broker.bootstrap, "spanpulse.alerts")
         with LiveJob(workdir / "live", broker.bootstrap, "bench.live", free_port()) as job:
             time.sleep(3.0)
-            stop, sent = threading.Event(), [0]
+            stop, sent, errors = threading.Event(), [0], list[str]()
             prod = threading.Thread(
                 target=live_producer,
-                args=(o, broker.bootstrap, "bench.live", rate, seconds, incident, stop, sent),
+                args=(
+                    o,
+                    broker.bootstrap,
+                    "bench.live",
+                    rate,
+                    seconds,
+                    incident,
+                    stop,
+                    sent,
+                    errors,
+                ),
                 daemon=True,
             )
             prod.start()
@@ -1276,6 +1305,7 @@ def run_live(
         "rate_spans_per_s": rate,
         "seconds": seconds,
         "sent_calls": sent[0],
+        "producer_errors": errors,
         "job_alive": alive,
         "samples": samples,
         "alerts": alerts.received,
@@ -1370,9 +1400,16 @@ def render_live(res: dict[str, Any], mode: str) -> str:
     head = [
         f"## {'Alert latency' if mode == 'latency' else 'Soak'} ({res['seconds']:.0f} s at "
         f"{res['rate_spans_per_s']:,.0f} spans/s = 50 % of saturation "
-        f"{res['saturation_spans_per_s']:,.0f})",
+        f"{res['saturation_spans_per_s']:,.0f}; produced "
+        f"{res['sent_calls'] / res['seconds']:,.0f} calls/s)",
+        "",
+        f"Measured: {res['environment']['date']}, same machine as above.",
         "",
     ]
+    if res.get("producer_errors"):
+        return "\n".join(
+            [*head, f"Not measured: the traffic producer failed: {res['producer_errors']}", ""]
+        )
     if not res["job_alive"]:
         return "\n".join(
             [
@@ -1524,6 +1561,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "/work/venv/bin/python bench/throughput.py" + (
         "" if not argv else " " + shlex.join(argv)
     )
+    if o.from_json:
+        return rerender(Path(o.from_json), o.write)
     with contextlib.ExitStack() as stack:
         workdir = (
             Path(o.workdir)
@@ -1544,6 +1583,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if o.write:
             write_report(Path(o.write), report, o.mode, command)
             log(f"wrote {o.write}")
+    return 0
+
+
+def rerender(saved: Path, write: str) -> int:
+    """Render a saved ``--json-out`` again (after a change to the report layout)."""
+    results = json.loads(saved.read_text())
+    mode = results["options"]["mode"]
+    command = results.get("command", "(command not recorded)")
+    report = render(results, command) if mode == "throughput" else render_live(results, mode)
+    sys.stdout.write(report)
+    if write:
+        write_report(Path(write), report, mode, command)
+        log(f"wrote {write}")
     return 0
 
 

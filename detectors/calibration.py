@@ -98,7 +98,9 @@ class TailCalibrator:
     def _pareto_tail(self, z: float, tail_bin: int, tail_n: float) -> float:
         """Extrapolate beyond the observed tail: ``P(u) * exp(-log2(z/u) / mean_excess)``."""
         counts = self._counts
-        excess = sum(counts[i] * ((i - tail_bin) * _STEP + _STEP / 2) for i in range(tail_bin, _NBINS))
+        excess = sum(
+            counts[i] * ((i - tail_bin) * _STEP + _STEP / 2) for i in range(tail_bin, _NBINS)
+        )
         mean_excess = max(excess / tail_n, _STEP / 2)
         log_u = _LOG2_LO + tail_bin * _STEP
         return tail_n / (self._n + 1.0) * math.exp(-(math.log2(z) - log_u) / mean_excess)

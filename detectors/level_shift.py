@@ -53,7 +53,7 @@ class LevelShiftParams:
     warmup: int = 30
     calibration_warmup: int = 50
     tail_quantile: float = 0.99
-    smoothing: int = 10
+    smoothing: int = 20
     smoothing_halflife: float = 5000.0
     refractory: int = 100
     alarm_p: float = 1e-3
@@ -64,6 +64,8 @@ class LevelShiftParams:
     season_memory_days: float = 1.7
     season_min_days: float = 1.0
     season_gate: float = 0.8
+    range_tolerance: float = 0.5
+    range_p: float = 1e-6
 
     def __post_init__(self) -> None:
         if self.window < 5 or self.warmup < 1 or self.smoothing < 1 or self.adapt_after < 1:
@@ -81,6 +83,7 @@ class Judgement(NamedTuple):
     """Everything one observation is judged by (computed without changing state)."""
 
     p: float  # combined p-value (1.0 while warming up)
+    p_point: float  # p-value of this window alone (no smoothing, no range test)
     z: float  # signed robust z-score vs the baseline (0.0 while warming up)
     expected: float | None  # baseline level in the caller's units (seasonal offset added back)
     point_surprise: float  # capped -log10 p of the single-window deviation
@@ -110,27 +113,31 @@ class LevelShift:
         self._smooth_stats = EwStats(p.smoothing_halflife)
         self._recent: deque[float] = deque(maxlen=p.smoothing)
         self._season = SeasonalProfile(
-            p.season_period_s, p.season_slots, p.season_memory_days, p.season_min_days,
+            p.season_period_s,
+            p.season_slots,
+            p.season_memory_days,
+            p.season_min_days,
             p.season_gate,
         )
         self._pending: list[tuple[float, float | None]] = []
         self._since_alarm = p.refractory  # no alarm yet: not refractory
+        self._alarm_p = 1.0  # p-value of the alarm that started the refractory period
         self._n = 0
+        self._range: tuple[float, float] | None = None  # (min, max) of accepted raw values
 
     # ------------------------------------------------------------------ public contract
     @property
     def warm(self) -> bool:
         """True once the baseline and calibration are trusted (scores can be non-zero)."""
         return (
-            len(self._baseline) >= self.params.warmup
-            and self._n >= self.params.calibration_warmup
+            len(self._baseline) >= self.params.warmup and self._n >= self.params.calibration_warmup
         )
 
     def judge(self, x: float, t: float | None = None) -> Judgement:
         """Return the full judgement of ``x`` (pure: no state change)."""
         p = self.params
         if len(self._baseline) < p.warmup:
-            return Judgement(1.0, 0.0, None, 0.0, 0.0)
+            return Judgement(1.0, 1.0, 0.0, None, 0.0, 0.0)
         offset = self._season.offset(t)
         y = x - offset
         med = self._baseline.median()
@@ -141,10 +148,12 @@ class LevelShift:
         recent = list(self._recent)[-(p.smoothing - 1) :] if p.smoothing > 1 else []
         smoothed = (sum(recent) + s_point) / (len(recent) + 1)
         p_smooth = 1.0
-        if self._n >= p.calibration_warmup:
+        if self._smooth_stats.n >= p.calibration_warmup:
             p_smooth = self._smooth_stats.upper_p(smoothed, _MIN_SMOOTH_SD)
         p_all = min(1.0, 2.0 * min(p_point, p_smooth))
-        return Judgement(p_all, z, med + offset, s_point, smoothed)
+        if self._n >= p.calibration_warmup and self._outside_range(x):
+            p_all = min(p_all, p.range_p)
+        return Judgement(p_all, p_point, z, med + offset, s_point, smoothed)
 
     def deviation_one(self, x: float, t: float | None = None) -> float:
         """Score of ``x`` ignoring the refractory period (for resolving open alerts)."""
@@ -152,9 +161,10 @@ class LevelShift:
 
     def score_one(self, x: float, t: float | None = None) -> float:
         """Return the anomaly score of ``x`` in ``[0, 1)``; 0 while refractory or warming up."""
-        if self._since_alarm < self.params.refractory:
-            return 0.0
-        return self.deviation_one(x, t)
+        j = self.judge(x, t)
+        if self._since_alarm < self.params.refractory and j.p >= self._alarm_p:
+            return 0.0  # nothing new: the open episode already reported this much evidence
+        return surprise_to_score(surprise(j.p))
 
     def learn_one(self, x: float, t: float | None = None) -> None:
         """Learn ``x``: calibration always, the baseline only when ``x`` looked normal."""
@@ -163,17 +173,18 @@ class LevelShift:
         if len(self._baseline) < p.warmup:
             self._accept(x, t)
             return
+        if self._n >= p.calibration_warmup:  # surprises are calibrated: smooth them
+            self._smooth_stats.add(j.smoothed)
+            self._recent.append(j.point_surprise)
         self._n += 1
         self._point.add(self._directional(j.z))
-        self._smooth_stats.add(j.smoothed)
-        self._recent.append(j.point_surprise)
         self._since_alarm += 1
         if j.p >= p.alarm_p:
             self._pending.clear()
             self._accept(x, t)
             return
-        if self._since_alarm >= p.refractory:
-            self._since_alarm = 0
+        if self._since_alarm >= p.refractory or j.p < self._alarm_p:
+            self._since_alarm, self._alarm_p = 0, j.p
         self._pending.append((x, t))
         if len(self._pending) >= p.adapt_after:  # a persistent new level: accept it
             for value, ts in self._pending:
@@ -189,6 +200,22 @@ class LevelShift:
             return max(-z, 0.0)
         return abs(z)
 
+    def _outside_range(self, x: float) -> bool:
+        """Return True when ``x`` lies beyond every accepted value by more than the tolerance."""
+        if self._range is None:
+            return False
+        lo, hi = self._range
+        margin = self.params.range_tolerance * (hi - lo)
+        if margin <= 0.0:
+            return False
+        direction = self.params.direction
+        above = x > hi + margin and direction != "down"
+        below = x < lo - margin and direction != "up"
+        return above or below
+
     def _accept(self, x: float, t: float | None) -> None:
         self._baseline.add(x - self._season.offset(t))
         self._season.learn(t, x)
+        self._range = (
+            (x, x) if self._range is None else (min(self._range[0], x), max(self._range[1], x))
+        )

@@ -68,7 +68,9 @@ class RollingQuantiles:
         mid = n // 2
         return s[mid] if n % 2 else 0.5 * (s[mid - 1] + s[mid])
 
-    def robust_scale(self, center: float, rel_floor: float = 1e-6, abs_floor: float = 1e-12) -> float:
+    def robust_scale(
+        self, center: float, rel_floor: float = 1e-6, abs_floor: float = 1e-12
+    ) -> float:
         """Return a robust standard-deviation estimate around ``center``.
 
         ``IQR / 1.349`` (exact for a normal), falling back to the mean absolute deviation

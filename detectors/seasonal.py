@@ -27,12 +27,26 @@ class SeasonalProfile:
         min_days: periods of observations a slot needs before its offset is used.
     """
 
-    __slots__ = ("_count", "_err", "_level", "_slot", "_spacing", "gate", "memory_days", "min_days",
-                 "period_s", "slots")
+    __slots__ = (
+        "_count",
+        "_err",
+        "_level",
+        "_slot",
+        "_spacing",
+        "gate",
+        "memory_days",
+        "min_days",
+        "period_s",
+        "slots",
+    )
 
     def __init__(
-        self, period_s: float = 86400.0, slots: int = 24, memory_days: float = 1.7,
-        min_days: float = 1.0, gate: float = 0.8,
+        self,
+        period_s: float = 86400.0,
+        slots: int = 24,
+        memory_days: float = 1.7,
+        min_days: float = 1.0,
+        gate: float = 0.8,
     ) -> None:
         if period_s <= 0 or slots < 1 or memory_days <= 0 or min_days < 0:
             msg = (
@@ -52,13 +66,32 @@ class SeasonalProfile:
         self._spacing: tuple[float | None, float] = (None, math.inf)  # (last t, min spacing)
 
     def __getstate__(self) -> tuple[object, ...]:
-        return (self.period_s, self.slots, self.memory_days, self.min_days, self.gate,
-                self._err, self._slot.tobytes(), self._count.tobytes(), self._level,
-                self._spacing)
+        return (
+            self.period_s,
+            self.slots,
+            self.memory_days,
+            self.min_days,
+            self.gate,
+            self._err,
+            self._slot.tobytes(),
+            self._count.tobytes(),
+            self._level,
+            self._spacing,
+        )
 
     def __setstate__(self, state: tuple[object, ...]) -> None:
-        (self.period_s, self.slots, self.memory_days, self.min_days, self.gate, self._err,
-         slot, count, self._level, self._spacing) = state  # type: ignore[assignment]
+        (
+            self.period_s,
+            self.slots,
+            self.memory_days,
+            self.min_days,
+            self.gate,
+            self._err,
+            slot,
+            count,
+            self._level,
+            self._spacing,
+        ) = state  # type: ignore[assignment]
         self._slot = array("d")
         self._slot.frombytes(slot)  # type: ignore[arg-type]
         self._count = array("d")
@@ -98,7 +131,8 @@ class SeasonalProfile:
             a = alpha / self.slots
             self._err[0] += a * (abs(x - self._level) - self._err[0])
             self._err[1] += a * (abs(x - self._slot[i]) - self._err[1])
-        self._level = x if self._level is None else self._level + alpha / self.slots * (
-            x - self._level)
+        self._level = (
+            x if self._level is None else self._level + alpha / self.slots * (x - self._level)
+        )
         self._slot[i] = x if self._count[i] == 0 else self._slot[i] + alpha * (x - self._slot[i])
         self._count[i] += 1.0

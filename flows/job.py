@@ -10,15 +10,20 @@ same dataflow under ``python -m bytewax.run`` (multi-worker / multi-process scal
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
-from bytewax.dataflow import Dataflow
+import polars as pl
+from bytewax.dataflow import Dataflow, Stream
 from prometheus_client import CollectorRegistry
 
-from spanpulse.config import Settings, load
+from spanpulse.config import Settings, detector_config, load
+from spanpulse.detectors.engine import SeriesDetector
+from spanpulse.detectors.series_bank import DetectorBank
+from spanpulse.flows.detect import attach_detectors
 from spanpulse.flows.rollup import FlowParams, FlowSinks, build_flow
 from spanpulse.schemas.aggregate import Aggregator
 from spanpulse.schemas.batch import BatchDecoder, BatchProcessor
@@ -26,6 +31,7 @@ from spanpulse.schemas.conventions import AttributeKeys
 from spanpulse.schemas.decode import Decoder, Encoding
 from spanpulse.schemas.pricing import Pricing, TokenPrice
 from spanpulse.schemas.privacy import TenantHasher
+from spanpulse.sinks.alerts import AlertSink
 from spanpulse.sinks.kafka_source import BrokerHealth, SpanSource
 from spanpulse.sinks.metrics import Metrics
 from spanpulse.sinks.observer import MetricsObserver
@@ -105,8 +111,47 @@ def build_job(
             client, settings.kafka.dead_letter_topic, settings.dead_letter_payloads
         ),
         observer=observer,
+        windows=_detection(settings, client, metrics)
+        if settings.detectors.get("enabled", True)
+        else None,
     )
     return Job(build_flow(params, source, sinks), observer, registry, source)
+
+
+def _detection(
+    settings: Settings, client: Mapping[str, str], metrics: Metrics
+) -> Callable[[Dataflow, Stream[pl.DataFrame]], None]:
+    """Detectors on every configured grain, alerts to the alert topic, firing counts to metrics."""
+    config = detector_config(settings.detectors)
+    dims = {g.name: g.dims for g in settings.rollups.grains}
+    firing: dict[str, Counter[tuple[str, str]]] = {}
+
+    def make_bank(grain: str) -> DetectorBank:
+        return DetectorBank(
+            dims[grain], factory=lambda: SeriesDetector(config), version=config.version
+        )
+
+    def on_firing(bank: DetectorBank) -> None:
+        firing[".".join(bank.grain_dims)] = Counter(bank.firing)
+        total: Counter[tuple[str, str]] = Counter()
+        for c in firing.values():
+            total.update(c)
+        for (detector, severity), n in total.items():
+            metrics.set_alerts_firing(detector, severity, n)
+
+    def on_result(status: str, delivered: bool) -> None:
+        if delivered:
+            metrics.count_alerts_published(status, 1)
+
+    sink = AlertSink(client, settings.kafka.alert_topic, on_result=on_result)
+
+    def attach(flow: Dataflow, windows: Stream[pl.DataFrame]) -> None:
+        attach_detectors(
+            flow, windows, grains=[g.dims for g in settings.rollups.grains],
+            make_bank=make_bank, alerts=sink, on_firing=on_firing,
+        )  # fmt: skip
+
+    return attach
 
 
 def _broker_state_reporter(metrics: Metrics) -> Callable[[bool], None]:

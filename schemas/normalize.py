@@ -61,6 +61,11 @@ MAX_TOKENS_PER_CALL: Final = 10_000_000
 #: ``cost_nanos`` (and window sums of it) far inside Int64, whose overflow used to fail the batch.
 MAX_COST_USD_PER_CALL: Final = 100_000.0
 
+#: Longest dimension, provider or model value kept, in characters.  Longer values are garbage or
+#: hostile: a 4 MB model name cost ~1 s of price-catalogue matching per call and every admitted
+#: value is kept in cardinality state, so they are cut here to keep both bounded.
+MAX_VALUE_CHARS: Final = 1024
+
 _I64_MAX: Final = (1 << 63) - 1
 _NS_PER_MS: Final = 1_000_000
 
@@ -353,13 +358,13 @@ _RANK_CLASS: Final[dict[int, str]] = dict(enumerate(FINISH_CLASSES))
 
 
 def _clean_str(name: str) -> pl.Expr:
-    """Strip a string column and turn empty strings into null (a blank tenant is no tenant)."""
-    s = pl.col(name).str.strip_chars()
+    """Strip and cut a string column; empty strings become null (a blank tenant is no tenant)."""
+    s = pl.col(name).str.strip_chars().str.slice(0, MAX_VALUE_CHARS)
     return pl.when(s.str.len_bytes() > 0).then(s).alias(name)
 
 
 def _provider() -> pl.Expr:
-    low = pl.col("provider").str.strip_chars().str.to_lowercase()
+    low = pl.col("provider").str.strip_chars().str.slice(0, MAX_VALUE_CHARS).str.to_lowercase()
     canonical = low.replace(PROVIDER_ALIASES)
     return pl.when(low.str.len_bytes() > 0).then(canonical).alias("provider")
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -43,12 +44,14 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status, TracesData
 from polars.testing import assert_frame_equal
 from test_decode_support import NOW_MS, make_decoder, proto_to_otlp_json
 
+from spanpulse.config import DEFAULT_GRAINS
+from spanpulse.schemas.aggregate import Aggregator
 from spanpulse.schemas.conventions import AttributeKeys, resource_lookup, span_lookup
 from spanpulse.schemas.dead_letter import MAX_DETAIL_CHARS, DeadLetter
 from spanpulse.schemas.decode import ENCODINGS, DecodedBatch, Decoder, Message
 from spanpulse.schemas.encode import encode_calls
-from spanpulse.schemas.normalize import MAX_TOKENS_PER_CALL
-from spanpulse.schemas.record import FINISH_CLASSES, RECORD_SCHEMA
+from spanpulse.schemas.normalize import MAX_TOKENS_PER_CALL, MAX_VALUE_CHARS
+from spanpulse.schemas.record import DIMENSIONS, FINISH_CLASSES, RECORD_SCHEMA
 from spanpulse.schemas.traffic import TrafficModel
 
 CORPUS = Path(__file__).parent / "corpus"
@@ -69,6 +72,8 @@ FUZZ = settings(deadline=None, max_examples=60, suppress_health_check=[HealthChe
 
 
 def _load_corpus_module() -> ModuleType:
+    if "make_corpus" in sys.modules:
+        return sys.modules["make_corpus"]
     spec = importlib.util.spec_from_file_location("make_corpus", CORPUS / "make_corpus.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -79,6 +84,7 @@ def _load_corpus_module() -> ModuleType:
 
 make_corpus = _load_corpus_module()
 DECODERS: dict[str, Decoder] = {enc: make_decoder(enc) for enc in ENCODINGS}
+AGGREGATOR = Aggregator(grains=tuple(g.dims for g in DEFAULT_GRAINS))
 
 
 # ------------------------------------------------------------------------------ the invariants
@@ -129,6 +135,21 @@ def check_records(batch: DecodedBatch) -> None:
     assert r["finish_class"].is_in(list(FINISH_CLASSES)).all()
     # OTLP spans are LLM calls by their operation; span_json may omit it (documented)
     assert r["operation"].drop_nulls().is_in(["chat", "text_completion", "generate_content"]).all()
+    for col in DIMENSIONS:
+        assert (r[col].drop_nulls().str.len_chars() <= MAX_VALUE_CHARS).all(), col
+    check_aggregates(r)
+
+
+def check_aggregates(records: pl.DataFrame) -> None:
+    """Hostile-but-valid records pre-aggregate, merge and finalize without losing a call.
+
+    Calls without a (non-empty) trace id are left out: they crash pre-aggregation today (see
+    test_fuzz_job.py::test_llm_call_without_trace_id).
+    """
+    traced = records.filter(pl.col("trace_id").is_not_null() & (pl.col("trace_id") != ""))
+    final = AGGREGATOR.finalize(AGGREGATOR.merge([AGGREGATOR.partials(traced)]))
+    calls = final.filter(pl.col("grain") == "tenant")["calls"].sum() if final.height else 0
+    assert calls == traced.height
 
 
 def origin_messages(values: Sequence[bytes | None], topic: str = "fuzz") -> list[Message]:
@@ -180,9 +201,9 @@ def _proto_soup() -> st.SearchStrategy[bytes]:
     """Bytes built from random protobuf fields: random field numbers, wire types and nesting."""
 
     def field(number: int, payload: bytes, wire: int) -> bytes:
-        tag = make_corpus.varint(number << 3 | wire)
+        tag = bytes(make_corpus.varint(number << 3 | wire))
         if wire == 2:
-            return tag + make_corpus.varint(len(payload)) + payload
+            return tag + bytes(make_corpus.varint(len(payload))) + payload
         if wire == 0:
             return tag + payload[:3] + b"\x01"
         if wire == 1:
@@ -334,7 +355,8 @@ def hostile_spans(draw: st.DrawFn, index: int) -> Span:
         end_time_unix_nano=draw(TIMES),
         attributes=kvs,
     )
-    span.status.CopyFrom(Status(code=draw(st.integers(0, 2**31 - 1) | st.sampled_from([0, 1, 2]))))
+    code = draw(st.integers(0, 2**31 - 1) | st.sampled_from([0, 1, 2]))
+    span.status.CopyFrom(Status(code=code))  # type: ignore[arg-type]  # open enum: any int32
     for offset in draw(st.lists(st.integers(-(2**40), 2**40), max_size=2)):
         span.events.add(name="First Token Stream Event",
                         time_unix_nano=(span.start_time_unix_nano + offset) % 2**64)  # fmt: skip
@@ -349,7 +371,7 @@ def hostile_traces(draw: st.DrawFn) -> bytes:
     rs.resource.attributes.extend(KeyValue(key=k, value=v) for k, v in resource.items())
     n = draw(st.integers(0, 4))
     rs.scope_spans.add().spans.extend(draw(hostile_spans(i + 1)) for i in range(n))
-    return data.SerializeToString()
+    return bytes(data.SerializeToString())
 
 
 @FUZZ
@@ -527,7 +549,7 @@ def _valid_proto_with(extra: list[KeyValue], resource: list[KeyValue] | None = N
         Span(trace_id=b"\x07" * 16, span_id=b"\x07" * 8, start_time_unix_nano=GOOD_END_NS - 10**9,
              end_time_unix_nano=GOOD_END_NS, attributes=attrs)
     )  # fmt: skip
-    return data.SerializeToString()
+    return bytes(data.SerializeToString())
 
 
 def _timed(encoding: str, value: bytes, limit_s: float = 10.0) -> DecodedBatch:
@@ -569,13 +591,27 @@ def test_tens_of_thousands_of_attributes(encoding: str) -> None:
     assert batch.records.height == 1
 
 
-def test_megabyte_dimension_values_are_kept_whole() -> None:
-    """A 2 MB tenant id is a valid (if silly) value: decoded in bounded time, not truncated."""
+def test_megabyte_dimension_values_are_cut() -> None:
+    """A 2 MB tenant id is kept as its first MAX_VALUE_CHARS characters (bounded state)."""
     tenant = "t" * 2_000_000
     proto = _valid_proto_with([KeyValue(key="tenant.id", value=AnyValue(string_value=tenant))])
     for encoding, value in (("otlp_proto", proto), ("otlp_json", proto_to_otlp_json(proto))):
         batch = _timed(encoding, value)
-        assert batch.records["tenant"].to_list() == [tenant]
+        assert batch.records["tenant"].to_list() == [tenant[:MAX_VALUE_CHARS]]
+
+
+def test_distinct_megabyte_model_names_do_not_stall_pricing() -> None:
+    """Each distinct model name is matched against the price catalogue; uncut, 10 names of 4 MB
+    took ~6 s (the catalogue lower-cases the name once per entry)."""
+    values = [
+        json.dumps({"end_time": NOW_MS - 1000, "model": f"{i}" + "m" * 4_000_000,
+                    "provider": "openai"}).encode()
+        for i in range(10)
+    ]  # fmt: skip
+    t0 = time.perf_counter()
+    batch = decode_checked("span_json", values)
+    assert time.perf_counter() - t0 < 3.0
+    assert batch.records["model"].str.len_chars().to_list() == [MAX_VALUE_CHARS] * 10
 
 
 @pytest.mark.parametrize("encoding", ENCODINGS)

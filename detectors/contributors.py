@@ -1,0 +1,132 @@
+"""Which child series explains a parent's change ("which model drove the cost spike").
+
+Why: "tenant acme's spend tripled" is half an alert; "…and gpt-4o on feature search is 85 %
+of the increase" is the other half.  The parent's engine receives the rows one dimension
+level down for the same window and keeps a small baseline per child, so a contributor is
+ranked by its *excess over its own normal*, not by its size.
+
+* Additive signals (cost, calls, tokens): ``excess = child value - child baseline``.
+* Proportions: ``excess = child successes - child baseline rate * child trials``
+  (the extra events this child produced).
+* Other values (percentiles, per-call means): ``excess = (value - baseline) * calls``,
+  weighted by the child's share of calls.
+
+``share`` is the child's excess over the total positive excess of all children.  A child
+never seen before has a zero baseline for additive signals (it explains all it adds) and
+the parent's rate for proportions.  Child baselines learn only while the parent is calm,
+at most ``max_children`` are kept (least recently seen dropped), so memory is bounded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from spanpulse.detectors.signals import Signal, signal_value
+from spanpulse.schemas.alert import Contributor
+
+ChildKey = tuple[tuple[str, str], ...]
+
+
+def child_key(dimensions: Mapping[str, str]) -> ChildKey:
+    """Return the hashable, order-free key of a child's dimensions."""
+    return tuple(sorted(dimensions.items()))
+
+
+class ChildBaselines:
+    """Exponentially weighted per-child baselines of the watched signals."""
+
+    def __init__(self, halflife: float = 60.0, max_children: int = 50) -> None:
+        self._alpha = 1.0 - 0.5 ** (1.0 / halflife)
+        self._max = max_children
+        self._clock = 0
+        self._stats: dict[ChildKey, dict[str, tuple[float, float]]] = {}
+        self._seen: dict[ChildKey, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._stats)
+
+    def learn(self, children: Sequence[tuple[ChildKey, Mapping[str, Signal], int]]) -> None:
+        """Fold one calm window's children ``(key, signals, calls)`` into their baselines."""
+        self._clock += 1
+        for key, signals, _calls in children:
+            stats = self._stats.setdefault(key, {})
+            for name, sig in signals.items():
+                num, den = (
+                    (float(sig[0]), float(sig[1])) if isinstance(sig, tuple) else (float(sig), 1.0)
+                )
+                old = stats.get(name)
+                stats[name] = (
+                    (num, den)
+                    if old is None
+                    else (
+                        old[0] + self._alpha * (num - old[0]),
+                        old[1] + self._alpha * (den - old[1]),
+                    )
+                )
+            self._seen[key] = self._clock
+        while len(self._stats) > self._max:
+            oldest = min(self._seen, key=self._seen.__getitem__)
+            del self._stats[oldest], self._seen[oldest]
+
+    def baseline(self, key: ChildKey, name: str) -> tuple[float, float] | None:
+        """Return the child's baseline ``(numerator, denominator)`` of ``name``, if any."""
+        return self._stats.get(key, {}).get(name)
+
+    def explain(
+        self,
+        name: str,
+        additive: bool,
+        children: Sequence[tuple[ChildKey, Mapping[str, Signal], int]],
+        parent_rate: float | None,
+        limit: int,
+    ) -> list[Contributor]:
+        """Rank children by their excess in ``name``; return the top ``limit`` positive ones."""
+        rows: list[tuple[float, Contributor]] = []
+        for key, signals, calls in children:
+            sig = signals.get(name)
+            if sig is None:
+                continue
+            excess, expected = self._excess(key, name, sig, additive, calls, parent_rate)
+            rows.append((excess, _contributor(key, sig, expected, calls)))
+        total = sum(e for e, _ in rows if e > 0)
+        if total <= 0:
+            return []
+        ranked = sorted((r for r in rows if r[0] > 0), key=lambda r: -r[0])[:limit]
+        return [_with_share(c, e / total) for e, c in ranked]
+
+    def _excess(
+        self,
+        key: ChildKey,
+        name: str,
+        sig: Signal,
+        additive: bool,
+        calls: int,
+        parent_rate: float | None,
+    ) -> tuple[float, float | None]:
+        base = self.baseline(key, name)
+        if isinstance(sig, tuple):
+            k, n = sig
+            rate = base[0] / base[1] if base and base[1] > 0 else parent_rate or 0.0
+            return k - rate * n, rate
+        value = float(sig)
+        expected = base[0] if base else (0.0 if additive else None)
+        if additive:
+            return value - (expected or 0.0), expected
+        if expected is None:
+            return 0.0, None
+        return (value - expected) * calls, expected
+
+
+def _contributor(key: ChildKey, sig: Signal, expected: float | None, calls: int) -> Contributor:
+    return Contributor(dict(key), signal_value(sig), expected, None, calls)
+
+
+def _with_share(c: Contributor, share: float) -> Contributor:
+    return Contributor(c.dimensions, c.observed, c.expected, share, c.calls)
+
+
+def row_dimensions(row: Mapping[str, Any]) -> dict[str, str]:
+    """Return ``{dimension: value}`` for the dimensions named by the row's grain."""
+    grain = str(row.get("grain") or "")
+    return {d: str(row.get(d)) for d in grain.split(".") if d}

@@ -1,0 +1,189 @@
+"""One watched signal of one series: a scorer plus what "trigger" and "persist" mean for it.
+
+Why adapters: the four families score differently (a p-value, a CUSUM, a static bound), but
+the alert policy needs the same three facts from each window — the score, whether it opens
+an episode (*trigger*) and whether it keeps one open (*persist*, the hysteresis bound).  Each
+watch turns its scorer's judgement into those facts, and learns afterwards (score first,
+then learn).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal, NamedTuple, Protocol
+
+from spanpulse.detectors.base import p_to_score
+from spanpulse.detectors.config import ThresholdRule
+from spanpulse.detectors.drift import CusumDrift, DriftParams
+from spanpulse.detectors.level_shift import Direction, LevelShift, LevelShiftParams
+from spanpulse.detectors.proportion import ProportionParams, ProportionShift
+from spanpulse.detectors.signals import Signal, signal_value, wilson_interval
+
+Family = Literal["threshold", "proportion_shift", "level_shift", "drift"]
+
+
+class Assessment(NamedTuple):
+    """What one window means for one watched signal."""
+
+    score: float
+    trigger: bool
+    persist: bool
+    observed: float | None
+    expected: float | None
+    threshold: float
+    details: dict[str, float | int | str]
+
+
+class Watch(Protocol):
+    """Common shape of the family adapters."""
+
+    @property
+    def family(self) -> Family:
+        """Detector family name used in alerts."""
+        ...
+
+    @property
+    def metric(self) -> str:
+        """Signal this watch reads."""
+        ...
+
+    def assess(self, signal: Signal, t: float | None, calls: int) -> Assessment:
+        """Judge one window (pure)."""
+        ...
+
+    def learn(self, signal: Signal, t: float | None) -> None:
+        """Learn the window after it was judged."""
+        ...
+
+
+@dataclass
+class LevelShiftWatch:
+    """Level shifts and spikes; persists while the window alone is still unusual."""
+
+    metric: str
+    params: LevelShiftParams
+    direction: Direction
+    threshold: float
+    resolve: float
+    family: Family = "level_shift"
+    scorer: LevelShift = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.scorer = LevelShift(replace(self.params, direction=self.direction))
+
+    def assess(self, signal: Signal, t: float | None, calls: int) -> Assessment:
+        """Judge one window."""
+        x = signal_value(signal)
+        j = self.scorer.judge(x, t)
+        score = self.scorer.score_one(x, t)
+        persist = p_to_score(j.p_point) >= self.resolve or p_to_score(j.p) >= self.threshold
+        details: dict[str, float | int | str] = {"z": round(j.z, 3)}
+        return Assessment(
+            score, score >= self.threshold, persist, x, j.expected, self.threshold, details
+        )
+
+    def learn(self, signal: Signal, t: float | None) -> None:
+        """Learn one window."""
+        self.scorer.learn_one(signal_value(signal), t)
+
+
+@dataclass
+class ProportionWatch:
+    """Rates with counts; persists while still material and beyond the resolve score."""
+
+    metric: str
+    params: ProportionParams
+    threshold: float
+    resolve: float
+    family: Family = "proportion_shift"
+    scorer: ProportionShift = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.scorer = ProportionShift(self.params)
+
+    def assess(self, signal: Signal, t: float | None, calls: int) -> Assessment:
+        """Judge one window."""
+        k, n = signal if isinstance(signal, tuple) else (0, 0)
+        j = self.scorer.judge((k, n))
+        score = p_to_score(j.p) if j.material else 0.0
+        details: dict[str, float | int | str] = {"successes": k, "trials": n}
+        return Assessment(
+            score,
+            score >= self.threshold,
+            score >= self.resolve,
+            j.rate,
+            j.baseline,
+            self.threshold,
+            details,
+        )
+
+    def learn(self, signal: Signal, t: float | None) -> None:
+        """Learn one window."""
+        if isinstance(signal, tuple):
+            self.scorer.learn_one(signal)
+
+
+@dataclass
+class DriftWatch:
+    """Slow creep (CUSUM on log values)."""
+
+    metric: str
+    params: DriftParams
+    threshold: float
+    resolve: float
+    family: Family = "drift"
+    scorer: CusumDrift = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.scorer = CusumDrift(self.params)
+
+    def assess(self, signal: Signal, t: float | None, calls: int) -> Assessment:
+        """Judge one window."""
+        x = signal_value(signal)
+        j = self.scorer.judge(x)
+        score = p_to_score(j.p)
+        details: dict[str, float | int | str] = {"cusum": round(j.statistic, 3)}
+        return Assessment(
+            score,
+            score >= self.threshold,
+            score >= self.resolve,
+            x,
+            j.reference,
+            self.threshold,
+            details,
+        )
+
+    def learn(self, signal: Signal, t: float | None) -> None:
+        """Learn one window."""
+        self.scorer.learn_one(signal_value(signal))
+
+
+@dataclass
+class ThresholdWatch:
+    """A static rule; ``score`` is the observed value and ``threshold`` the rule's bound."""
+
+    rule: ThresholdRule
+    family: Family = "threshold"
+
+    @property
+    def metric(self) -> str:
+        """Alert metric: the rule's signal."""
+        return self.rule.metric
+
+    def assess(self, signal: Signal, t: float | None, calls: int) -> Assessment:
+        """Judge one window (windows below ``min_calls`` neither trigger nor persist)."""
+        enough = (signal[1] if isinstance(signal, tuple) else calls) >= self.rule.min_calls
+        x = signal_value(signal)
+        evidence = x
+        if isinstance(signal, tuple):  # judge the rate by its confidence bound, not by luck
+            lo, hi = wilson_interval(signal[0], signal[1], self.rule.confidence_z)
+            evidence = lo if self.rule.op in (">", ">=") else hi
+        trigger = enough and self.rule.breached(evidence)
+        persist = enough and self.rule.breached(x, hysteresis=True)
+        details: dict[str, float | int | str] = {"rule": self.rule.name}
+        if isinstance(signal, tuple):
+            details.update(successes=signal[0], trials=signal[1])
+        return Assessment(x, trigger, persist, x, self.rule.value, self.rule.value, details)
+
+    def learn(self, signal: Signal, t: float | None) -> None:
+        """Rules have nothing to learn."""
