@@ -162,7 +162,7 @@ class LevelShift:
     def score_one(self, x: float, t: float | None = None) -> float:
         """Return the anomaly score of ``x`` in ``[0, 1)``; 0 while refractory or warming up."""
         j = self.judge(x, t)
-        if self._since_alarm < self.params.refractory and j.p >= self._alarm_p:
+        if self._since_alarm < self.params.refractory and j.p >= self._alarm_p**2:
             return 0.0  # nothing new: the open episode already reported this much evidence
         return surprise_to_score(surprise(j.p))
 
@@ -183,7 +183,7 @@ class LevelShift:
             self._pending.clear()
             self._accept(x, t)
             return
-        if self._since_alarm >= p.refractory or j.p < self._alarm_p:
+        if self._since_alarm >= p.refractory or j.p < self._alarm_p**2:
             self._since_alarm, self._alarm_p = 0, j.p
         self._pending.append((x, t))
         if len(self._pending) >= p.adapt_after:  # a persistent new level: accept it

@@ -277,7 +277,7 @@ def test_promql_over_the_running_job_matches_its_rollups(
         )
         assert length == sums_by(tm, "tenant", "finish_length")
         cost = ask("sum(llm_cost_usd_total{{job}})")[""]
-        assert cost == pytest.approx(tm["cost_nanos"].sum() / 1e9, rel=1e-12)
+        assert cost == int(tm["cost_nanos"].sum()) / 1e9  # summed in nanos, divided once
         assert cost > 0
 
         # -- histograms: finite p95 for every model, in the le bucket the exact cells imply
@@ -306,9 +306,11 @@ def test_promql_over_the_running_job_matches_its_rollups(
         assert ask("spanpulse_late_spans_total{{job}}") == {"": 0.0}
         assert ask("sum(spanpulse_dead_letters_total{{job}}) or vector(0)") == {"": 0.0}
         assert ask("spanpulse_broker_up{{job}}") == {"": 1.0}
-        last_end = rows["window_end"].max().timestamp()  # type: ignore[union-attr]
+        # wall clock minus the end of the window closed last; windows that close together may
+        # be finalized in any order, so the upper bound allows the earliest one
+        first_end, last_end = (e.timestamp() for e in rows["window_end"].sort()[[0, -1]])
         lag = ask("spanpulse_window_lag_seconds{{job}}")[""]
-        assert started - last_end - 1 <= lag <= time.time() - last_end
+        assert started - last_end - 1 <= lag <= time.time() - first_end
 
         exposition = get(f"http://127.0.0.1:{port}/metrics")
         promtool_check(exposition)
