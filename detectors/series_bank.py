@@ -10,6 +10,7 @@ come along as ``children`` so alerts can name the contributor that explains a ch
 
 from __future__ import annotations
 
+import pickle
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -65,7 +66,8 @@ class DetectorBank:
 
     Args:
         grain_dims: the grain's dimensions.
-        factory: builds a fresh detector for a new series.
+        factory: builds a fresh detector for a new series; must be picklable (a class or a
+            ``functools.partial`` of one), because the bank is Bytewax recovery state.
         version: algorithm + parameters; a restored bank with another version starts fresh.
     """
 
@@ -103,6 +105,15 @@ class DetectorBank:
                     del self.detectors[key]
         self._count(alerts)
         return alerts
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> DetectorBank:
+        """Copy through pickle, which is far cheaper than ``copy.deepcopy`` here.
+
+        Bytewax deep-copies state at every epoch; for thousands of small detectors that took
+        about a second per copy, a pickle round trip a fraction of it.
+        """
+        copied: DetectorBank = pickle.loads(pickle.dumps(self, pickle.HIGHEST_PROTOCOL))  # noqa: S301
+        return copied
 
     def _count(self, alerts: Sequence[Any]) -> None:
         for a in alerts:

@@ -9,6 +9,7 @@ same dataflow under ``python -m bytewax.run`` (multi-worker / multi-process scal
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -128,7 +129,7 @@ def _detection(
 
     def make_bank(grain: str) -> DetectorBank:
         return DetectorBank(
-            dims[grain], factory=lambda: SeriesDetector(config), version=config.version
+            dims[grain], factory=functools.partial(SeriesDetector, config), version=config.version
         )
 
     def on_firing(bank: DetectorBank) -> None:
