@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import math
 from array import array
-from typing import Final
+from typing import Final, NamedTuple
 
 #: Histogram layout over ``log2(z)``: bins of 1/4 octave from 2**-12 to 2**28.
 _LOG2_LO: Final = -12.0
 _STEP: Final = 0.25
 _NBINS: Final = 160
+#: The Pareto tail is fitted on at least this many observations (a 1 % tail of 300 points
+#: is 3 points: far too few to estimate a tail exponent from).
+_MIN_TAIL: Final = 20.0
 
 
 def _bin(z: float) -> int:
@@ -47,7 +50,7 @@ class TailCalibrator:
     (True, True)
     """
 
-    __slots__ = ("_counts", "_n", "min_count", "tail_quantile")
+    __slots__ = ("_cache", "_counts", "_n", "min_count", "tail_quantile")
 
     def __init__(self, tail_quantile: float = 0.99, min_count: int = 50) -> None:
         if not 0.5 <= tail_quantile < 1.0:
@@ -57,6 +60,7 @@ class TailCalibrator:
         self.min_count = min_count
         self._counts = array("d", bytes(8 * _NBINS))
         self._n = 0.0
+        self._cache: _TailCache | None = None
 
     def __getstate__(self) -> tuple[float, int, bytes, float]:
         return (self.tail_quantile, self.min_count, self._counts.tobytes(), self._n)
@@ -65,6 +69,7 @@ class TailCalibrator:
         self.tail_quantile, self.min_count, counts, self._n = state
         self._counts = array("d")
         self._counts.frombytes(counts)
+        self._cache = None
 
     @property
     def count(self) -> float:
@@ -75,35 +80,45 @@ class TailCalibrator:
         """Learn one observation of the statistic."""
         self._counts[_bin(z)] += 1.0
         self._n += 1.0
+        self._cache = None
 
     def p_value(self, z: float) -> float:
         """Return the estimated exceedance probability of ``z`` (1.0 until calibrated)."""
         if self._n < self.min_count:
             return 1.0
-        counts, n = self._counts, self._n
-        target = (1.0 - self.tail_quantile) * n
-        tail_n = 0.0
-        tail_bin = _NBINS - 1
-        for i in range(_NBINS - 1, -1, -1):
-            tail_n += counts[i]
-            if tail_n >= target:
-                tail_bin = i
-                break
+        cache = self._cache or self._build_cache()
         b = _bin(z)
-        if b <= tail_bin:
-            above = sum(counts[b + 1 :])
-            return (above + 0.5 * counts[b] + 1.0) / (n + 1.0)
-        return self._pareto_tail(z, tail_bin, tail_n)
+        if b <= cache.tail_bin:
+            above = cache.suffix[b + 1]
+            return (above + 0.5 * self._counts[b] + 1.0) / (self._n + 1.0)
+        log_u = _LOG2_LO + cache.tail_bin * _STEP
+        excess = (math.log2(z) - log_u) / cache.mean_excess
+        return cache.tail_n / (self._n + 1.0) * math.exp(-excess)
 
-    def _pareto_tail(self, z: float, tail_bin: int, tail_n: float) -> float:
-        """Extrapolate beyond the observed tail: ``P(u) * exp(-log2(z/u) / mean_excess)``."""
-        counts = self._counts
+    def _build_cache(self) -> _TailCache:
+        """Suffix sums and the Pareto fit (``P(u) * exp(-log2(z/u) / mean_excess)``)."""
+        counts, n = self._counts, self._n
+        suffix = [0.0] * (_NBINS + 1)
+        for i in range(_NBINS - 1, -1, -1):
+            suffix[i] = suffix[i + 1] + counts[i]
+        target = max((1.0 - self.tail_quantile) * n, min(_MIN_TAIL, n))
+        tail_bin = next((i for i in range(_NBINS - 1, -1, -1) if suffix[i] >= target), 0)
+        tail_n = suffix[tail_bin]
         excess = sum(
             counts[i] * ((i - tail_bin) * _STEP + _STEP / 2) for i in range(tail_bin, _NBINS)
         )
-        mean_excess = max(excess / tail_n, _STEP / 2)
-        log_u = _LOG2_LO + tail_bin * _STEP
-        return tail_n / (self._n + 1.0) * math.exp(-(math.log2(z) - log_u) / mean_excess)
+        mean_excess = max(excess / tail_n, _STEP / 2) if tail_n > 0 else _STEP / 2
+        self._cache = _TailCache(suffix, tail_bin, tail_n, mean_excess)
+        return self._cache
+
+
+class _TailCache(NamedTuple):
+    """Derived from the counts; rebuilt lazily after :meth:`TailCalibrator.add`, never pickled."""
+
+    suffix: list[float]
+    tail_bin: int
+    tail_n: float
+    mean_excess: float
 
 
 class EwStats:

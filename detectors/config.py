@@ -32,7 +32,7 @@ from spanpulse.detectors.signals import LABELS, PERCENTILES, PROPORTIONS
 ALGORITHM_VERSION: Final = 1
 
 #: Score the level-shift family alerts at by default (also reported by bench/nab_eval.py).
-DEFAULT_LEVEL_SHIFT_THRESHOLD: Final = 0.45
+DEFAULT_LEVEL_SHIFT_THRESHOLD: Final = 0.3
 
 Op = Literal[">", ">=", "<", "<="]
 Severity = Literal["warning", "critical"]
@@ -105,7 +105,12 @@ DEFAULT_LEVEL_SHIFT_METRICS: Final[Mapping[str, Direction]] = {
     "context_fill_p95": "up",
     "call_rate": "both",
     "cost_usd": "up",
+    "cost_per_call": "up",
 }
+
+#: Volume signals follow the working day: they alert only once a full daily cycle has been
+#: learned for the time slot (before that, a morning ramp would look like a level shift).
+DEFAULT_SEASONAL_METRICS: Final = ("call_rate", "cost_usd", "calls", "tokens")
 
 DEFAULT_PROPORTION_METRICS: Final = (
     "length_share",
@@ -146,7 +151,10 @@ class DetectorConfig:
     )
     level_shift_threshold: float = DEFAULT_LEVEL_SHIFT_THRESHOLD
     level_shift_resolve: float = 0.2
-    level_shift_policy: PolicyParams = field(default_factory=lambda: PolicyParams(1, 3, 15))
+    level_shift_min_history: int = 120
+    level_shift_min_change: float = 0.3
+    level_shift_seasonal_metrics: tuple[str, ...] = DEFAULT_SEASONAL_METRICS
+    level_shift_policy: PolicyParams = field(default_factory=lambda: PolicyParams(2, 3, 15))
 
     proportion: ProportionParams = field(default_factory=ProportionParams)
     proportion_metrics: tuple[str, ...] = DEFAULT_PROPORTION_METRICS
@@ -158,6 +166,7 @@ class DetectorConfig:
     drift_metrics: tuple[str, ...] = DEFAULT_DRIFT_METRICS
     drift_threshold: float = 0.4
     drift_resolve: float = 0.2
+    drift_min_change: float = 0.15
     drift_policy: PolicyParams = field(default_factory=lambda: PolicyParams(2, 5, 30))
 
     rules: tuple[ThresholdRule, ...] = DEFAULT_RULES

@@ -7,7 +7,7 @@ baseline follows the creep.
 
 How: a one-sided **CUSUM** (Page's test; River's ``drift.PageHinkley`` is the same idea) on
 ``log(x)`` standardized against a *reference* level that moves only very slowly
-(``reference_halflife`` windows) and only while no drift is accumulating.  Working on logs
+(``reference_halflife`` windows) and not at all while the drift alarm is on.  Working on logs
 makes the test about relative change, so one parameter set fits 200-token and 20,000-token
 prompts.  Each window adds ``min((y - reference) / sigma, max_step) - allowance`` to the
 statistic ``S`` (floored at 0); ``sigma`` is a robust estimate of the window-to-window noise
@@ -38,12 +38,13 @@ _MAD_TO_SD: Final = 0.886  # E|X1 - X2| = 2 sd / sqrt(pi) for normal X; sd = 0.8
 class DriftParams:
     """Hyperparameters of :class:`CusumDrift`."""
 
-    warmup: int = 30
+    warmup: int = 60
     allowance: float = 0.5
     reference_halflife: float = 720.0
     noise_halflife: float = 120.0
     min_sigma: float = 0.01
     max_step: float = 3.0
+    level_halflife: float = 10.0
     alarm_p: float = 1e-4
     adapt_after: int = 60
     direction_up: bool = True
@@ -60,6 +61,7 @@ class DriftJudgement(NamedTuple):
     p: float
     statistic: float
     reference: float | None  # in the caller's units (exp of the log reference)
+    level: float | None  # recent level (EW over ``level_halflife`` windows), caller's units
 
 
 class CusumDrift:
@@ -84,6 +86,7 @@ class CusumDrift:
         self._last: float | None = None
         self._s = 0.0
         self._alarmed = 0
+        self._recent: float | None = None  # EW of y, for the reported recent level
 
     @property
     def warm(self) -> bool:
@@ -100,12 +103,25 @@ class CusumDrift:
     def judge(self, x: float) -> DriftJudgement:
         """Return the CUSUM statistic ``x`` would produce (pure)."""
         if not self.warm:
-            return DriftJudgement(1.0, 0.0, None)
+            return DriftJudgement(1.0, 0.0, None, None)
         k = self.params.allowance
-        step = min((self._y(x) - self._ref) / self._sigma(), self.params.max_step) - k
+        y = self._y(x)
+        step = min((y - self._ref) / self._sigma(), self.params.max_step) - k
         s = max(0.0, self._s + step)
-        ref = self._ref if self.params.direction_up else -self._ref
-        return DriftJudgement(min(1.0, math.exp(-2.0 * k * s)), s, math.exp(ref))
+        sign = 1.0 if self.params.direction_up else -1.0
+        recent = self._next_recent(y)
+        return DriftJudgement(
+            min(1.0, math.exp(-2.0 * k * s)),
+            s,
+            math.exp(sign * self._ref),
+            math.exp(sign * recent),
+        )
+
+    def _next_recent(self, y: float) -> float:
+        if self._recent is None:
+            return y
+        weight = 1.0 - math.pow(0.5, 1.0 / self.params.level_halflife)
+        return self._recent + weight * (y - self._recent)
 
     def deviation_one(self, x: float) -> float:
         """Return :meth:`score_one` (the CUSUM itself carries the persistence)."""
@@ -123,6 +139,7 @@ class CusumDrift:
             a = max(1.0 - 0.5 ** (1.0 / p.noise_halflife), 1.0 / max(self._n, 1))
             self._noise += a * (abs(y - self._last) - self._noise)
         self._last = y
+        self._recent = self._next_recent(y)
         self._n += 1
         if self._n <= p.warmup:
             self._ref += (y - self._ref) / self._n  # plain mean of the warm-up
@@ -131,9 +148,10 @@ class CusumDrift:
         self._s = j.statistic
         if j.p < p.alarm_p:
             self._alarmed += 1
-            if self._alarmed >= p.adapt_after:  # a confirmed new level: re-anchor
-                self._ref, self._s, self._alarmed = y, 0.0, 0
+            if self._alarmed >= p.adapt_after:  # a confirmed new level: re-anchor on it
+                self._ref, self._s, self._alarmed = self._recent or y, 0.0, 0
             return
         self._alarmed = 0
-        if self._s == 0.0:
-            self._ref += (1.0 - 0.5 ** (1.0 / p.reference_halflife)) * (y - self._ref)
+        # Every calm window moves the reference a little (conditioning on S == 0 would bias
+        # it low); its half-life is long enough that an hours-long creep is not absorbed.
+        self._ref += (1.0 - math.pow(0.5, 1.0 / p.reference_halflife)) * (y - self._ref)

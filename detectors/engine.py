@@ -157,6 +157,9 @@ class SeriesDetector:
                     direction,
                     cfg.level_shift_threshold,
                     cfg.level_shift_resolve,
+                    cfg.level_shift_min_history,
+                    cfg.level_shift_min_change,
+                    metric in cfg.level_shift_seasonal_metrics,
                 ),
                 cfg.level_shift_policy,
             )
@@ -169,7 +172,9 @@ class SeriesDetector:
             )
         for metric in cfg.drift_metrics:
             self._add(
-                DriftWatch(metric, cfg.drift, cfg.drift_threshold, cfg.drift_resolve),
+                DriftWatch(
+                    metric, cfg.drift, cfg.drift_threshold, cfg.drift_resolve, cfg.drift_min_change
+                ),
                 cfg.drift_policy,
             )
         for rule in cfg.rules:

@@ -133,6 +133,15 @@ class LevelShift:
             len(self._baseline) >= self.params.warmup and self._n >= self.params.calibration_warmup
         )
 
+    def season_ready(self, t: float | None) -> bool:
+        """Return True once the time-of-day profile has seen a full cycle for ``t``'s slot."""
+        return self._season.ready(t)
+
+    @property
+    def observations(self) -> int:
+        """Number of observations judged after the baseline warm-up."""
+        return self._n
+
     def judge(self, x: float, t: float | None = None) -> Judgement:
         """Return the full judgement of ``x`` (pure: no state change)."""
         p = self.params
@@ -186,7 +195,8 @@ class LevelShift:
         if self._since_alarm >= p.refractory or j.p < self._alarm_p**2:
             self._since_alarm, self._alarm_p = 0, j.p
         self._pending.append((x, t))
-        if len(self._pending) >= p.adapt_after:  # a persistent new level: accept it
+        if len(self._pending) >= p.adapt_after:  # a persistent new level: the new normal
+            self._baseline.clear()
             for value, ts in self._pending:
                 self._accept(value, ts)
             self._pending.clear()

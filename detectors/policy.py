@@ -82,8 +82,8 @@ class AlertPolicy:
     ) -> Transition | None:
         """Advance one window with data; return the transition it caused, if any."""
         if self.state == "cooldown":
-            self._cooldown_left -= 1
             if self._cooldown_left > 0:
+                self._cooldown_left -= 1
                 return None
             self.state = "ok"
         if self.state == "ok":

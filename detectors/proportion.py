@@ -8,7 +8,7 @@ How:
 
 * The baseline is an exponentially weighted sum of successes and trials over accepted
   windows (``halflife`` windows); windows judged anomalous stay out of it, until
-  ``adapt_after`` consecutive anomalous windows make the new rate the baseline.
+  ``adapt_after`` consecutive anomalous windows replace it with the new rate.
 * The test is the **beta-binomial upper tail** ``P(K >= k | n, baseline)``: the binomial
   tail with the baseline rate's own uncertainty folded in.  The baseline's effective size is
   capped at ``max_baseline_trials``, which keeps the test humble on huge tenants: a rate
@@ -168,7 +168,8 @@ class ProportionShift:
         j = self.judge(x)
         if j.material and j.p < self.params.alarm_p:
             self._pending.append((k, n))
-            if len(self._pending) >= self.params.adapt_after:
+            if len(self._pending) >= self.params.adapt_after:  # the new normal: start over
+                self._successes = self._trials = 0.0
                 for pk, pn in self._pending:
                     self._accept(pk, pn)
                 self._pending.clear()

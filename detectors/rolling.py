@@ -85,6 +85,12 @@ class RollingQuantiles:
         mad = sum(abs(v - center) for v in self._sorted) / len(self._sorted) * 1.2533
         return max(floor, mad)
 
+    def clear(self) -> None:
+        """Forget every value (a regime change: the old level no longer describes normal)."""
+        self._ring = array("d")
+        self._sorted = array("d")
+        self._head = 0
+
     def values(self) -> list[float]:
         """Return the values in arrival order (oldest first); for tests and snapshots."""
         return list(self._ring[self._head :]) + list(self._ring[: self._head])

@@ -59,7 +59,7 @@ class SeasonalProfile:
         self.memory_days = memory_days
         self.min_days = min_days
         self.gate = gate
-        self._err = [0.0, 0.0]  # EW absolute one-step errors: (flat level, seasonal level)
+        self._err = [0.0, 0.0, 0.0]  # EW absolute errors (flat level, seasonal level), count
         self._slot = array("d", bytes(8 * slots))
         self._count = array("d", bytes(8 * slots))
         self._level: float | None = None
@@ -106,13 +106,20 @@ class SeasonalProfile:
             return 1.0
         return max(1.0, self.period_s / self.slots / spacing)
 
+    def ready(self, t: float | None) -> bool:
+        """Return True once ``t``'s slot has ``min_days`` of observations (a full cycle seen)."""
+        if t is None or self._level is None:
+            return False
+        need = max(1.0, self.min_days * self._obs_per_slot_period())
+        return self._count[self._index(t)] >= need
+
     def offset(self, t: float | None) -> float:
         """Return the learned offset of ``t``'s slot (0 until the slot is trusted)."""
         if t is None or self._level is None:
             return 0.0
-        i = self._index(t)
-        if self._count[i] < max(1.0, self.min_days * self._obs_per_slot_period()):
+        if not self.ready(t):
             return 0.0
+        i = self._index(t)
         if self._err[1] >= self.gate * self._err[0]:
             return 0.0  # the profile does not predict better than a flat level: no rhythm
         return self._slot[i] - self._level
@@ -127,12 +134,16 @@ class SeasonalProfile:
         self._spacing = (t, spacing)
         alpha = 1.0 / (self.memory_days * self._obs_per_slot_period())
         i = self._index(t)
+        # Exponential memories start as plain running means, so the first value has no
+        # lasting weight (a biased start would make the flat level look worse than it is).
         if self._level is not None and self._count[i] > 0:
-            a = alpha / self.slots
+            self._err[2] += 1.0
+            a = max(alpha / self.slots, 1.0 / self._err[2])
             self._err[0] += a * (abs(x - self._level) - self._err[0])
             self._err[1] += a * (abs(x - self._slot[i]) - self._err[1])
-        self._level = (
-            x if self._level is None else self._level + alpha / self.slots * (x - self._level)
-        )
-        self._slot[i] = x if self._count[i] == 0 else self._slot[i] + alpha * (x - self._slot[i])
+        total = sum(self._count) + 1.0
+        level = self._level if self._level is not None else x
+        self._level = level + max(alpha / self.slots, 1.0 / total) * (x - level)
+        a_slot = max(alpha, 1.0 / (self._count[i] + 1.0))
+        self._slot[i] += a_slot * (x - self._slot[i])
         self._count[i] += 1.0

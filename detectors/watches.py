@@ -65,6 +65,9 @@ class LevelShiftWatch:
     direction: Direction
     threshold: float
     resolve: float
+    min_history: int = 0
+    min_change: float = 0.0
+    needs_season: bool = False
     family: Family = "level_shift"
     scorer: LevelShift = field(init=False)
 
@@ -72,14 +75,24 @@ class LevelShiftWatch:
         self.scorer = LevelShift(replace(self.params, direction=self.direction))
 
     def assess(self, signal: Signal, t: float | None, calls: int) -> Assessment:
-        """Judge one window."""
+        """Judge one window: significant (score), material (relative change) and trusted."""
         x = signal_value(signal)
         j = self.scorer.judge(x, t)
         score = self.scorer.score_one(x, t)
-        persist = p_to_score(j.p_point) >= self.resolve or p_to_score(j.p) >= self.threshold
+        material = _material(x, j.expected, self.min_change, self.direction)
+        unusual = p_to_score(j.p_point) >= self.resolve or p_to_score(j.p) >= self.threshold
         details: dict[str, float | int | str] = {"z": round(j.z, 3)}
+        trusted = self.scorer.observations >= self.min_history and (
+            not self.needs_season or self.scorer.season_ready(t)
+        )
         return Assessment(
-            score, score >= self.threshold, persist, x, j.expected, self.threshold, details
+            score,
+            trusted and material and score >= self.threshold,
+            material and unusual,
+            x,
+            j.expected,
+            self.threshold,
+            details,
         )
 
     def learn(self, signal: Signal, t: float | None) -> None:
@@ -131,6 +144,7 @@ class DriftWatch:
     params: DriftParams
     threshold: float
     resolve: float
+    min_change: float = 0.0
     family: Family = "drift"
     scorer: CusumDrift = field(init=False)
 
@@ -142,12 +156,14 @@ class DriftWatch:
         x = signal_value(signal)
         j = self.scorer.judge(x)
         score = p_to_score(j.p)
+        level = j.level if j.level is not None else x
+        material = _material(level, j.reference, self.min_change, "up")
         details: dict[str, float | int | str] = {"cusum": round(j.statistic, 3)}
         return Assessment(
             score,
-            score >= self.threshold,
-            score >= self.resolve,
-            x,
+            material and score >= self.threshold,
+            material and score >= self.resolve,
+            level,
             j.reference,
             self.threshold,
             details,
@@ -187,3 +203,24 @@ class ThresholdWatch:
 
     def learn(self, signal: Signal, t: float | None) -> None:
         """Rules have nothing to learn."""
+
+
+def _material(x: float, expected: float | None, min_change: float, direction: Direction) -> bool:
+    """Return True when ``x`` differs from ``expected`` by at least ``min_change`` (relative).
+
+    Statistical significance alone is not enough on a very steady series, where a 3 % wobble
+    can be "20 sigma"; an alert must also be a change a human would care about.
+    """
+    if min_change <= 0.0:
+        return True
+    if expected is None:
+        return False
+    scale = abs(expected)
+    if scale == 0.0:
+        return x != 0.0
+    change = (x - expected) / scale
+    if direction == "up":
+        return change >= min_change
+    if direction == "down":
+        return -change >= min_change
+    return abs(change) >= min_change

@@ -59,7 +59,7 @@ def produce(bootstrap: str, topic: str, minutes: int, rate: float, seed: int) ->
 
 def write_config(path: Path, bootstrap: str, topic: str, out: Path, recovery: Path | None) -> Path:
     """Write a job config for one run."""
-    rec = f'[recovery]\ndir = "{recovery}"\nsnapshot_interval = "0.25s"\n' if recovery else ""
+    rec = f'[recovery]\ndir = "{recovery}"\nsnapshot_interval = "1s"\n' if recovery else ""
     path.write_text(
         f'[kafka]\nbootstrap_servers = "{bootstrap}"\nbatch_size = 25\n'
         f'dead_letter_topic = "{topic}-dlq"\nalert_topic = "{topic}-alerts"\n'

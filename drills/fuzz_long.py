@@ -1,6 +1,7 @@
 """Fuzz drill: hostile input through the whole job (Kafka in, Parquet and dead letters out).
 
     python drills/fuzz_long.py --minutes 10             # the long version (embedded broker)
+    python drills/fuzz_long.py --stream 8               # one job over 8 workloads (~1 GB)
 
 Each *round* creates fresh topics for the three encodings, produces valid traffic, the hand-made
 corpus (``tests/corpus``) and freshly generated hostile messages (random bytes, truncations, byte
@@ -15,12 +16,12 @@ checks it exactly against an oracle -- the same decoders run over the same messa
 * the dead-letter topic holds exactly one envelope per dead letter, with the reason, stage and
   ``topic/partition/offset`` (and span index) the oracle gives, and the original bytes when
   payloads are on;
-* resident memory: peak growth per round and current RSS after each round are reported, so a
-  leak shows as a trend across rounds.
+* resident memory: sampled every second while the job runs, peak growth per job and RSS after
+  each round are reported (``--stream`` shows one long job).
 
 The test suite runs one small round (tests/test_fuzz_job.py); results of the long version are
-recorded in docs/fuzzing.md.  Every generated message derives from its own source call, so no
-two messages share a span: the oracle may decode in any batch size and still agree with the job.
+recorded in docs/fuzzing.md.  Which copy of a duplicated call is dropped depends on where
+batches split, so records and duplicate skips are compared as a sum; all else is exact.
 """
 
 from __future__ import annotations
@@ -63,7 +64,6 @@ CORPUS_DIR = Path(__file__).resolve().parents[1] / "tests" / "corpus"
 START_MS = 1_790_000_000_000 - (1_790_000_000_000 % 60_000)
 ENCODINGS = ("otlp_proto", "otlp_json", "span_json")
 PARTITIONS = {"otlp_proto": 2, "otlp_json": 1, "span_json": 1}
-DECODER_LIMIT = 10_000_000  # Decoder.max_message_bytes default
 _PRICING = Pricing()
 
 
@@ -388,6 +388,7 @@ class RoundResult:
     peak_growth_mb: float = 0.0
     kinds: dict[str, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    rss_during_mb: list[float] = field(default_factory=list)  # sampled while the job runs
 
 
 def rss_mb() -> float:
@@ -396,6 +397,11 @@ def rss_mb() -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def _sample_rss(stop: threading.Event, out: list[float], every_s: float = 1.0) -> None:
+    while not stop.wait(every_s):
+        out.append(round(rss_mb(), 1))
 
 
 def peak_rss_mb() -> float:
@@ -659,12 +665,23 @@ def run_round(
     bootstrap: str, workdir: Path, seed: int, *, hostile_per_encoding: int = 300,
     big: bool = True, extra: dict[str, list[bytes]] | None = None, payloads: bool = True,
     stall_after_s: float = 300.0, keep_traceless: bool = False, minutes: int = 4,
+    workloads: int = 1,
 ) -> RoundResult:  # fmt: skip
-    """Produce one round's workload into fresh topics, run the job, check everything."""
+    """Produce one round's workload into fresh topics, run the job, check everything.
+
+    ``workloads > 1`` concatenates that many workloads (seeds ``seed``, ``seed + 1``, ...) so
+    that one job reads them all: the RSS samples then show memory over a long single run.
+    """
     t0 = time.monotonic()
     result = RoundResult(seed=seed)
-    messages, kinds = workload(seed, hostile_per_encoding, big=big, extra=extra,
-                               keep_traceless=keep_traceless, minutes=minutes)  # fmt: skip
+    messages: dict[str, list[bytes]] = {e: [] for e in ENCODINGS}
+    kinds: Counter[str] = Counter()
+    for k in range(workloads):
+        more, more_kinds = workload(seed + k, hostile_per_encoding, big=big, extra=extra,
+                                    keep_traceless=keep_traceless, minutes=minutes)  # fmt: skip
+        for encoding, values in more.items():
+            messages[encoding] += values
+        kinds.update(more_kinds)
     result.kinds = dict(sorted(kinds.items()))
     result.produced = sum(len(v) for v in messages.values())
     result.produced_bytes = sum(len(m) for v in messages.values() for m in v)
@@ -676,8 +693,11 @@ def run_round(
     o = oracle(settings, produced)
     result.oracle_records = o.records
     del messages
-    result.rss_before_mb, peak_before = rss_mb(), peak_rss_mb()
+    result.rss_before_mb, peak_before = round(rss_mb(), 1), peak_rss_mb()
+    sampling = threading.Event()
+    threading.Thread(target=_sample_rss, args=(sampling, result.rss_during_mb), daemon=True).start()
     result.stats, result.job_seconds, error = run_job(settings, stall_after_s)
+    sampling.set()
     result.peak_growth_mb = round(peak_rss_mb() - peak_before, 1)
     result.rss_after_mb = round(rss_mb(), 1)
     if error:
@@ -702,16 +722,30 @@ def main() -> int:
     p.add_argument("--hostile", type=int, default=1500, help="hostile messages per encoding/round")
     p.add_argument("--workdir", type=Path, default=Path("fuzz-work"))
     p.add_argument("--results", type=Path, default=None, help="also write the rounds as JSON")
+    p.add_argument(
+        "--stream",
+        type=int,
+        default=0,
+        help="instead of rounds: one job over this many workloads (memory over time)",
+    )
+    p.add_argument("--keep-traceless", action="store_true",
+                   help="keep LLM calls without a trace id (they crash the job today)")  # fmt: skip
     args = p.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     rounds: list[RoundResult] = []
     deadline = time.monotonic() + args.minutes * 60
     with EmbeddedBroker() as broker:
         seed = args.seed
+        if args.stream:
+            res = run_round(broker.bootstrap, args.workdir, seed, hostile_per_encoding=args.hostile,
+                            workloads=args.stream, stall_after_s=3600)  # fmt: skip
+            rounds.append(res)
+            print(json.dumps(_summary_line(res) | {"rss_during_mb": res.rss_during_mb}))
+            deadline = 0.0
         while time.monotonic() < deadline:
             big = {"otlp_proto": [b"\x0f" + random.Random(seed).randbytes(12_000_000)]}
             res = run_round(broker.bootstrap, args.workdir, seed, hostile_per_encoding=args.hostile,
-                            extra=big)  # fmt: skip
+                            extra=big, keep_traceless=args.keep_traceless)  # fmt: skip
             rounds.append(res)
             print(json.dumps(_summary_line(res)), flush=True)
             seed += 1

@@ -413,7 +413,7 @@ _CALL_COUNTERS: Final = (
         "llm_unpriced_calls_total",
         "Calls without a known price (cost undercounted).",
         "unpriced_calls",
-    ),  # fmt: skip
+    ),
     CounterFamily(
         "llm_tokens_total",
         "Tokens by direction; cached_input is part of input, reasoning part of output.",
@@ -439,7 +439,7 @@ _CALL_COUNTERS: Final = (
         "Cost of priced calls in USD.",
         (("cost_nanos", ()),),
         divisor=NANOS_PER_USD,
-    ),  # fmt: skip
+    ),
 )
 #: Counter families fed by the prompt grain, in exposition order.
 _PROMPT_COUNTERS: Final = (
@@ -448,7 +448,7 @@ _PROMPT_COUNTERS: Final = (
         "llm_prompt_parse_attempts_total",
         "Parses attempted per prompt version.",
         "parse_attempts",
-    ),  # fmt: skip
+    ),
     _counter(
         "llm_prompt_parse_failures_total", "Parses failed per prompt version.", "parse_failures"
     ),
@@ -627,7 +627,7 @@ class Metrics:
 
     def _observe_histograms(self, rows: pl.DataFrame) -> None:
         family = self._model_family
-        wanted = {*family.labels, *(c for h in _HIST_COLUMNS for c in h if c)}
+        wanted = {*family.labels, *(c for h, _, total in _HIST_COLUMNS for c in (h, total) if c)}
         rows = rows.filter(pl.col("grain") == family.grain)
         for row in rows.select(sorted(wanted & set(rows.columns))).iter_rows(named=True):
             labels = self._guards["llm_model"].admit(family.label_values(row))

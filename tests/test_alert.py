@@ -103,8 +103,12 @@ def test_id_is_deterministic_and_distinguishes_status_and_window() -> None:
 
 def test_fingerprint_ignores_dimension_order_but_not_identity() -> None:
     f = fingerprint("level_shift", "cost_usd", "tenant.model", {"tenant": "a", "model": "m"})
-    assert f == fingerprint("level_shift", "cost_usd", "tenant.model", {"model": "m", "tenant": "a"})
-    assert f != fingerprint("level_shift", "cost_usd", "tenant.model", {"tenant": "a", "model": "n"})
+    assert f == fingerprint(
+        "level_shift", "cost_usd", "tenant.model", {"model": "m", "tenant": "a"}
+    )
+    assert f != fingerprint(
+        "level_shift", "cost_usd", "tenant.model", {"tenant": "a", "model": "n"}
+    )
     assert f != fingerprint("drift", "cost_usd", "tenant.model", {"tenant": "a", "model": "m"})
     assert _alert().key == _alert().fingerprint.encode("ascii")
 

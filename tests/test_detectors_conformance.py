@@ -33,34 +33,40 @@ class Spec:
 
 
 def _level_stream(rng: np.random.Generator, n: int) -> Iterator[tuple[float, bool]]:
+    """Log-normal noise with a spike and a 5-window step every 600 windows.
+
+    Only the *onset* of each anomaly is labelled: the scorer reports new evidence once per
+    episode (refractory period), by design.
+    """
     base = np.exp(rng.normal(np.log(800.0), 0.15, n))
     labels = np.zeros(n, dtype=bool)
-    for start in range(700, n - 50, 600):  # a spike and a 5-window step every 600 windows
+    for start in range(700, n - 400, 600):
         base[start] *= 4.0
         base[start + 300 : start + 305] *= 3.0
-        labels[start] = True
-        labels[start + 300 : start + 305] = True
+        labels[start] = labels[start + 300] = True
     yield from zip(base.tolist(), labels.tolist(), strict=True)
 
 
 def _proportion_stream(rng: np.random.Generator, n: int) -> Iterator[tuple[tuple[int, int], bool]]:
-    for i in range(n):
-        calls = int(rng.poisson(400))
-        bad = i > 300 and i % 97 == 0
-        k = int(rng.binomial(calls, 0.06 if bad else 0.01))
-        yield (k, calls), bad
+    calls = rng.poisson(400, n)
+    bad = (np.arange(n) > 300) & (np.arange(n) % 97 == 0)
+    k = rng.binomial(calls, np.where(bad, 0.06, 0.01))
+    for kk, nn, lab in zip(k.tolist(), calls.tolist(), bad.tolist(), strict=True):
+        yield (kk, nn), lab
 
 
 def _drift_stream(rng: np.random.Generator, n: int) -> Iterator[tuple[float, bool]]:
+    """Stable noise, then +0.4 % per window for 200 windows (prompt bloat), then reset."""
+    noise = np.exp(rng.normal(0.0, 0.02, n)).tolist()
     level = 1000.0
     for i in range(n):
         phase = i % 800
         creeping = 500 <= phase < 700
         if creeping:
-            level *= 1.004  # prompt bloat: +0.4 % per window for 200 windows
+            level *= 1.004
         elif phase == 700:
             level = 1000.0
-        yield level * float(np.exp(rng.normal(0.0, 0.02))), creeping and phase >= 560
+        yield level * noise[i], creeping and phase >= 560
 
 
 SPECS = [

@@ -11,9 +11,10 @@ Invariants checked on every example (:func:`check_batch`): ``decode`` never rais
 accounting equations hold; every dead letter has a known reason, a detail, a stage and the
 Kafka origin of one input message; no unexpected-exception reasons (``decode_error``,
 ``normalize_error``) ever appear; records conform to ``RECORD_SCHEMA`` with no negative or
-non-finite numbers.  Differential properties: a protobuf message and its OTLP/JSON rendering
-decode to the same records and reasons; a poisoned message never changes what the rest of its
-batch yields (for span_json this compares the vectorized and the per-message paths).
+non-finite numbers and bounded strings, and pre-aggregate without losing a call.  Differential
+properties: a protobuf message and its OTLP/JSON rendering decode to the same records and
+reasons; a poisoned message never changes what the rest of its batch yields (for span_json this
+compares the vectorized and the per-message paths).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ SPAN_REASONS = frozenset(
 )  # fmt: skip
 TOKEN_COLUMNS = ("input_tokens", "output_tokens", "cached_input_tokens", "reasoning_tokens")
 FLOAT_COLUMNS = ("latency_s", "ttft_s", "context_fill", "cost_usd")
-FUZZ = settings(deadline=None, max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(deadline=None, max_examples=50, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _load_corpus_module() -> ModuleType:
@@ -578,7 +579,7 @@ def test_megabyte_strings(encoding: str) -> None:
 
 @pytest.mark.parametrize("encoding", ENCODINGS)
 def test_tens_of_thousands_of_attributes(encoding: str) -> None:
-    n = 50_000
+    n = 30_000
     if encoding == "span_json":
         fields = {f"x{i}": i for i in range(n)}
         value = json.dumps({"end_time": NOW_MS - 1000, "model": "gpt-4o", **fields}).encode()
