@@ -71,7 +71,7 @@ def test_outage_mid_stream_then_recovery_loses_and_duplicates_nothing(tmp_path):
             cfg.write_text(
                 f'[kafka]\nbootstrap_servers = "{bootstrap}"\ndead_letter_topic = "dlq"\nalert_topic = "alerts"\n'
                 f'[kafka.properties]\n"reconnect.backoff.max.ms" = 1000\n'
-                f'[[inputs]]\ntopic = "spans"\n[window]\nallowed_lateness = "0s"\nidle_timeout = "2s"\n'
+                f'[[inputs]]\ntopic = "spans"\n[window]\nlength = "10s"\nallowed_lateness = "0s"\nidle_timeout = "2s"\n'
                 f'[rollups]\noutput_dir = "{out}"\n[metrics]\nport = {mport}\naddr = "127.0.0.1"\n'
             )
             job = subprocess.Popen(
