@@ -37,6 +37,7 @@ def run_demo(args: argparse.Namespace) -> int:
     """Run the demo; prints a summary and where the files are."""
     from spanpulse.cli import generate_to_kafka, run_job
     from spanpulse.sinks.kafka_producer import BulkProducer
+    from spanpulse.sinks.alerts import tail
     from spanpulse.sinks.query import connect, format_table, run_query
 
     out: Path = args.output
@@ -76,6 +77,13 @@ def run_demo(args: argparse.Namespace) -> int:
             f"{totals['windows']} one-minute windows, skipped {sum(totals['skipped'].values())} non-LLM spans, "
             f"{sum(totals['dead_letters'].values())} dead letters -> topic spanpulse.deadletter"
         )
+        alerts = list(tail(client, "spanpulse.alerts", idle_timeout_s=2.0))
+        firing = [a for a in alerts if a["status"] == "firing"]
+        say(
+            f"alert topic spanpulse.alerts: {len(firing)} firing, {len(alerts) - len(firing)} resolved"
+        )
+        for a in firing[:3]:
+            say(f"  {a['severity']}: {a['message']}")
     con = connect(rollups)
     for title, sql in _QUERIES.items():
         cols, rows = run_query(con, sql)  # fixed SQL from this module, no user input
