@@ -55,6 +55,11 @@ class BudgetBurn:
     _last_end: float | None = None
     _hour: deque[tuple[float, float]] = field(default_factory=deque)
 
+    @property
+    def spent_today(self) -> float:
+        """USD spent since the start of the current UTC day."""
+        return self._spent_today
+
     def observe(
         self, cost: float, window_start: datetime, window_end: datetime
     ) -> list[BudgetReading]:

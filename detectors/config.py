@@ -6,12 +6,13 @@ version is discarded instead of being misread (Quix's ``state_suffix`` habit).
 
 Defaults, and why (details per family in ``docs/detectors.md``):
 
-* Statistical families alert at a score of 0.4-0.45, i.e. p-values around 1e-7 .. 1e-8:
-  a deployment with 500 tenants evaluates ~10^7 (series x signal x window) tests a day,
-  so anything looser pages someone daily for noise.
-* Proportions additionally need material changes (>= 5 events, >= 2x and >= +1 point), so a
-  small tenant's 1 refusal in 3 calls never pages.
-* Threshold rules mirror the issue's examples and need ``for: 3`` windows and >= 20 calls.
+* A deployment with 500 tenants evaluates ~10^7 (series x signal x window) tests a day, so
+  significance alone would page someone daily for noise.  Every statistical alert therefore
+  needs a small p-value (proportion and drift: score 0.4, p ~ 1e-7; level shift: score 0.3,
+  p ~ 2e-5, plus a 30 % change), a *material* change, and a second confirming window.
+* Proportions need >= 5 events, >= 2x and >= +1 point: 1 refusal in 3 calls never pages.
+* Threshold rules mirror the issue's examples; ``for: 3`` windows, >= 20 calls, and rates are
+  judged by their confidence bound.
 * Budgets are empty by default: budget burn only runs for tenants you give a budget.
 """
 
@@ -53,7 +54,8 @@ class ThresholdRule:
     Rules on proportions respect counts: a window *breaches* ``rate > value`` only when the
     Wilson lower confidence bound of the rate (``confidence_z``, default one-sided 99 %) is
     above ``value`` — 1 failure in 36 attempts (2.8 %) does not breach a 2 % rule, 40 in 400
-    does breach a 5 % rule.  ``<`` rules use the upper bound.
+    does breach a 5 % rule.  ``<`` rules use the upper bound.  The bound is used for both the
+    ``for: N`` windows (each must breach) and the hysteresis.
     """
 
     metric: str

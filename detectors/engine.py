@@ -53,6 +53,7 @@ class _Watched:
     exemplars: tuple[str, ...] = ()
     last: Assessment | None = None
     severity: Severity = "warning"
+    peak: float = 0.0  # highest score of the open (pending or firing) episode
 
 
 @dataclass
@@ -179,7 +180,9 @@ class SeriesDetector:
             )
         for rule in cfg.rules:
             if rule.grains is None or self.grain in rule.grains:
-                pol = PolicyParams(rule.for_windows, cfg.rule_resolve_after, cfg.rule_cooldown)
+                pol = PolicyParams(
+                    rule.for_windows, cfg.rule_resolve_after, cfg.rule_cooldown, strict_pending=True
+                )
                 self._add(ThresholdWatch(rule), pol, alert_metric=rule.name)
         tenant = self.dimensions.get("tenant")
         if self.grain == cfg.budget_grain and tenant is not None:
@@ -202,7 +205,9 @@ class SeriesDetector:
                 return None
             return self._transition(w, w.policy.quiet(win.start, win.end), None, win)
         a = w.watch.assess(sig, t, calls)
+        was_open = w.policy.state in ("pending", "firing")
         transition = w.policy.step(win.start, win.end, a.trigger, a.persist)
+        w.peak = max(w.peak, a.score) if was_open else a.score
         w.watch.learn(sig, t)
         return self._transition(w, transition, a, win)
 
@@ -225,7 +230,9 @@ class SeriesDetector:
         w.exemplars = self._exemplars(win, contributors)
         started = w.policy.started_at or win.start
         detail = _count_detail(a)
-        w.severity = self._severity(w, a)
+        score = max(w.peak, a.score)  # with for: N the trigger may be an earlier window
+        w.severity = self._severity(w, score)
+        rule = isinstance(w.watch, ThresholdWatch)
         return self._alert(
             w,
             "firing",
@@ -233,12 +240,19 @@ class SeriesDetector:
             win,
             a.observed,
             a.expected,
-            a.score,
+            score,
             a.threshold,
             started,
             None,
             messages.anomaly_message(
-                metric, self.dimensions, a.observed, a.expected, started, contributors, detail
+                metric,
+                self.dimensions,
+                a.observed,
+                a.expected,
+                started,
+                contributors,
+                detail,
+                versus="threshold" if rule else "baseline",
             ),
             messages.next_step(metric, contributors, self.dimensions),
             contributors,
@@ -263,7 +277,14 @@ class SeriesDetector:
             started,
             ended,
             messages.resolved_message(
-                w.watch.metric, self.dimensions, observed, expected, started, ended
+                w.watch.metric,
+                self.dimensions,
+                observed,
+                expected,
+                started,
+                ended,
+                previous=w.last.expected if w.last else None,
+                versus="threshold" if isinstance(w.watch, ThresholdWatch) else "baseline",
             ),
             "No action needed; if the cause is unknown, review this episode's exemplar traces.",
             (),
@@ -310,10 +331,10 @@ class SeriesDetector:
             details=details,
         )
 
-    def _severity(self, w: _Watched, a: Assessment) -> Severity:
+    def _severity(self, w: _Watched, score: float) -> Severity:
         if isinstance(w.watch, ThresholdWatch):
             return w.watch.rule.severity
-        return "critical" if a.score >= self.config.critical_score else "warning"
+        return "critical" if score >= self.config.critical_score else "warning"
 
     def _exemplars(self, win: _Window, contributors: Sequence[Contributor]) -> tuple[str, ...]:
         ids: list[str] = []

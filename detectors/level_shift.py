@@ -16,14 +16,20 @@ How (each step is one reason the defaults need no tuning):
 4. **Smoothed surprise**: the mean surprise of the last ``smoothing`` windows is compared with
    its own running distribution (the HTM "anomaly likelihood" idea), which catches a shift
    made of several moderately unusual windows that no single window reveals.
-5. **Refractory period**: after an alarm the score stays 0 for ``refractory`` observations —
-   the score means *new* evidence, so one incident is one high score, not fifty.
-6. **Adaptation**: after ``adapt_after`` consecutive anomalous windows the new level is
-   accepted as the baseline (a permanent step is news once, not forever).
+5. **Range test**: a value beyond everything ever accepted by more than ``range_tolerance``
+   of that range gets ``p <= range_p`` (Numenta's "spatial anomaly": new territory).
+6. **Refractory period**: after an alarm (``p < alarm_p``) the score stays 0 for
+   ``refractory`` observations unless the window *alone* is at least twice as strong evidence
+   (its point p below the alarm's p squared; the smoothed surprise naturally keeps rising
+   during an episode and does not count) — the score means *new* evidence, so one incident
+   is one high score, not fifty, while a much bigger one right after a blip still shows.
+7. **Adaptation**: after ``adapt_after`` consecutive anomalous windows the baseline is
+   replaced by them (a permanent step is news once, not forever).
 
 Score range: ``[0, 1)``, ``s / (s + 10)`` with ``s = -log10(p)`` (see
 :func:`~spanpulse.detectors.base.surprise_to_score`); 0.23 is p = 1e-3, 0.29 is p = 1e-4.
-This is the exact class and defaults scored on NAB by ``bench/nab_eval.py``.
+This is the exact class and defaults scored on NAB by ``bench/nab_eval.py``; the alert
+engine adds its own guards on top (materiality, history, a confirming window).
 """
 
 from __future__ import annotations
@@ -171,7 +177,7 @@ class LevelShift:
     def score_one(self, x: float, t: float | None = None) -> float:
         """Return the anomaly score of ``x`` in ``[0, 1)``; 0 while refractory or warming up."""
         j = self.judge(x, t)
-        if self._since_alarm < self.params.refractory and j.p >= self._alarm_p**2:
+        if self._since_alarm < self.params.refractory and j.p_point >= self._alarm_p**2:
             return 0.0  # nothing new: the open episode already reported this much evidence
         return surprise_to_score(surprise(j.p))
 
@@ -192,7 +198,7 @@ class LevelShift:
             self._pending.clear()
             self._accept(x, t)
             return
-        if self._since_alarm >= p.refractory or j.p < self._alarm_p**2:
+        if self._since_alarm >= p.refractory or j.p_point < self._alarm_p**2:
             self._since_alarm, self._alarm_p = 0, j.p
         self._pending.append((x, t))
         if len(self._pending) >= p.adapt_after:  # a persistent new level: the new normal

@@ -87,9 +87,10 @@ def anomaly_message(
     since: datetime,
     contributors: Sequence[Contributor],
     detail: str = "",
+    versus: str = "baseline",
 ) -> str:
-    """One sentence for a firing statistical or threshold alert."""
-    base = f"baseline {fmt(expected, metric)}" if expected is not None else "no baseline"
+    """Return one sentence for a firing statistical (``baseline``) or rule (``threshold``) alert."""
+    base = f"{versus} {fmt(expected, metric)}" if expected is not None else f"no {versus}"
     extra = f", {detail}" if detail else ""
     return (
         f"{label(metric)} for {where(dims)} is {fmt(observed, metric)} ({base}{extra}) "
@@ -104,14 +105,28 @@ def resolved_message(
     expected: float | None,
     started: datetime,
     ended: datetime,
+    previous: float | None = None,
+    versus: str = "baseline",
 ) -> str:
-    """One sentence for a resolved alert."""
-    now = f"back to {fmt(observed, metric)}" if observed is not None else "no longer seen"
-    base = f" (baseline {fmt(expected, metric)})" if expected is not None else ""
-    return (
-        f"Resolved: {label(metric)} for {where(dims)} {now}{base}; "
-        f"lasted {hhmm(started)}-{hhmm(ended)}."
-    )
+    """Return one sentence for a resolved alert.
+
+    When the baseline itself moved to the new level (the detector adopted a persistent
+    change), say so instead of claiming the signal went "back".
+    """
+    lasted = f"lasted {hhmm(started)}-{hhmm(ended)}"
+    if observed is None:
+        return f"Resolved: {label(metric)} for {where(dims)} no longer seen; {lasted}."
+    adopted = (
+        versus == "baseline" and previous and expected is not None
+        and abs(expected - previous) > 0.2 * abs(previous)
+    )  # fmt: skip
+    if adopted:
+        return (
+            f"Resolved: {label(metric)} for {where(dims)} settled at {fmt(observed, metric)}, "
+            f"now treated as the new normal (was {fmt(previous, metric)}); {lasted}."
+        )
+    base = f" ({versus} {fmt(expected, metric)})" if expected is not None else ""
+    return f"Resolved: {label(metric)} for {where(dims)} back to {fmt(observed, metric)}{base}; {lasted}."
 
 
 def next_step(

@@ -12,7 +12,8 @@ States, per watched signal::
 * ``trigger``: the strict condition that opens an episode (score >= threshold).
 * ``persist``: the relaxed condition that keeps it open (hysteresis: score >= the lower
   resolve threshold).  With ``fire_after = N`` the signal must persist for N consecutive
-  windows before the alert fires — Prometheus ``for: N`` semantics.
+  windows before the alert fires; with ``strict_pending`` it must *trigger* in each of them
+  — Prometheus ``for: N`` semantics, used by the threshold rules.
 * A window with no data counts as *clear* (no evidence of the symptom) and breaks a pending
   streak.
 * After a resolve, the same alert cannot fire again for ``cooldown`` windows (no flapping).
@@ -36,6 +37,7 @@ class PolicyParams:
     fire_after: int = 1
     resolve_after: int = 3
     cooldown: int = 10
+    strict_pending: bool = False
 
     def __post_init__(self) -> None:
         if self.fire_after < 1 or self.resolve_after < 1 or self.cooldown < 0:
@@ -95,7 +97,7 @@ class AlertPolicy:
             self.state = "pending"
             return None
         if self.state == "pending":
-            if not persist:
+            if not (trigger if self.params.strict_pending else persist):
                 self.state, self._streak = "ok", 0
                 return None
             self._streak += 1

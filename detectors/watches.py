@@ -195,7 +195,7 @@ class ThresholdWatch:
             lo, hi = wilson_interval(signal[0], signal[1], self.rule.confidence_z)
             evidence = lo if self.rule.op in (">", ">=") else hi
         trigger = enough and self.rule.breached(evidence)
-        persist = enough and self.rule.breached(x, hysteresis=True)
+        persist = enough and self.rule.breached(evidence, hysteresis=True)
         details: dict[str, float | int | str] = {"rule": self.rule.name}
         if isinstance(signal, tuple):
             details.update(successes=signal[0], trials=signal[1])

@@ -109,8 +109,10 @@ class Aggregator:
                 "latency_ms_sum", "ttft_count",
             )),
         ]  # fmt: skip
-        ex = pl.col("ex")
-        top = ex.filter(ex.struct.field("t") != "").sort_by(
+        # Sort keys must come from the *filtered* expression, or their lengths differ from it
+        # (a call without a trace id would crash the group-by).
+        ex = pl.col("ex").filter(pl.col("ex").struct.field("t") != "")
+        top = ex.sort_by(
             [ex.struct.field("p"), ex.struct.field("v"), ex.struct.field("t")],
             descending=[False, True, False],
         )
@@ -134,14 +136,11 @@ class Aggregator:
         if df.height == df.select(pl.col(_KEY).n_unique()).item():
             return df.drop(_KEY).select(_partial_columns())
         ex = pl.col("ex").list.explode(keep_nulls=False, empty_as_null=False)
-        top = (
-            ex.filter(ex.is_not_null())
-            .sort_by(
-                [ex.struct.field("p"), ex.struct.field("v"), ex.struct.field("t")],
-                descending=[False, True, False],
-            )
-            .unique(maintain_order=True)
-        )
+        ex = ex.filter(ex.is_not_null())
+        top = ex.sort_by(
+            [ex.struct.field("p"), ex.struct.field("v"), ex.struct.field("t")],
+            descending=[False, True, False],
+        ).unique(maintain_order=True)
         sums = df.group_by(_KEY).agg(
             pl.col("window_start_ms", "grain", *DIMENSIONS).first(),
             *(pl.col(c).sum() for c in ADDITIVE),

@@ -22,19 +22,34 @@ from spanpulse.sinks.parquet import RollupWriter
 log = logging.getLogger(__name__)
 
 
+#: Dead-letter envelopes larger than this go out without the payload (the envelope says so):
+#: a payload that cannot be produced must not crash the job.
+MAX_DEAD_LETTER_BYTES = 19_000_000
+
+
 class _DeadLetterPartition(StatelessSinkPartition[DeadLetter]):
-    def __init__(self, producer: Producer, topic: str, include_payload: bool) -> None:
+    def __init__(
+        self, producer: Producer, topic: str, include_payload: bool, max_bytes: int
+    ) -> None:
         self.producer = producer
         self.topic = topic
         self.include_payload = include_payload
+        self.max_bytes = max_bytes
+
+    def _value(self, dl: DeadLetter) -> tuple[bytes, bool]:
+        value = dl.to_json_bytes(self.include_payload)
+        if len(value) <= self.max_bytes:
+            return value, False
+        return dl.to_json_bytes(include_payload=False), True
 
     def write_batch(self, items: list[DeadLetter]) -> None:
         for dl in items:
             key = f"{dl.topic}/{dl.partition}/{dl.offset}".encode()
+            value, dropped = self._value(dl)
             headers: dict[str, str | bytes | None] = {"reason": dl.reason, "stage": dl.stage}
-            self.producer.produce(
-                self.topic, value=dl.to_json_bytes(self.include_payload), key=key, headers=headers
-            )
+            if dropped:
+                headers["payload"] = "dropped: envelope over the dead-letter size limit"
+            self.producer.produce(self.topic, value=value, key=key, headers=headers)
             self.producer.poll(0)
         # At-least-once: a batch is on the broker before the dataflow moves past it.
         remaining = self.producer.flush(30)
@@ -52,12 +67,15 @@ class DeadLetterSink(DynamicSink[DeadLetter]):
     client_config: Mapping[str, str]
     topic: str
     include_payload: bool = True
+    max_bytes: int = MAX_DEAD_LETTER_BYTES
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _DeadLetterPartition:
         """Create one producer per worker."""
         conf: dict[str, Any] = {**self.client_config, "linger.ms": "20", "log_level": "3"}
-        conf.setdefault("message.max.bytes", "20000000")
-        return _DeadLetterPartition(Producer(conf), self.topic, self.include_payload)
+        conf.setdefault("message.max.bytes", str(max(self.max_bytes * 2, 1_000_000)))
+        return _DeadLetterPartition(
+            Producer(conf), self.topic, self.include_payload, self.max_bytes
+        )
 
 
 class _RollupPartition(StatelessSinkPartition[tuple[str, pl.DataFrame]]):

@@ -68,11 +68,6 @@ def test_message_near_the_producer_limit(broker: EmbeddedBroker, tmp_path: Path)
     assert res.stats["dead_letters"]["message_too_large"] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sinks/outputs.py: a dead letter whose envelope (payload base64) exceeds the "
-    "dead-letter producer's 20 MB message.max.bytes makes produce() raise: the job crashes",
-)
 def test_dead_letter_payload_of_a_near_limit_message(
     broker: EmbeddedBroker, tmp_path: Path
 ) -> None:
@@ -86,11 +81,6 @@ def test_dead_letter_payload_of_a_near_limit_message(
     assert res.dlq_records == sum(res.stats["dead_letters"].values())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="schemas/aggregate.py: exemplar selection filters before sort_by, so an LLM call "
-    "without a trace id raises ShapeError in pre-aggregation: the job crashes",
-)
 def test_llm_call_without_trace_id(broker: EmbeddedBroker, tmp_path: Path) -> None:
     no_trace = json.dumps({"end_time": int(time.time() * 1000) - 60_000, "model": "gpt-4o"})
     res = run_round(
