@@ -62,13 +62,16 @@ class TailCalibrator:
         self._n = 0.0
         self._cache: _TailCache | None = None
 
-    def __getstate__(self) -> tuple[float, int, bytes, float]:
-        return (self.tail_quantile, self.min_count, self._counts.tobytes(), self._n)
+    def __getstate__(self) -> tuple[float, int, dict[int, float], float]:
+        # Most bins are empty: a sparse snapshot is a fraction of the 1.3 KB array.
+        sparse = {i: c for i, c in enumerate(self._counts) if c}
+        return (self.tail_quantile, self.min_count, sparse, self._n)
 
-    def __setstate__(self, state: tuple[float, int, bytes, float]) -> None:
-        self.tail_quantile, self.min_count, counts, self._n = state
-        self._counts = array("d")
-        self._counts.frombytes(counts)
+    def __setstate__(self, state: tuple[float, int, dict[int, float], float]) -> None:
+        self.tail_quantile, self.min_count, sparse, self._n = state
+        self._counts = array("d", bytes(8 * _NBINS))
+        for i, c in sparse.items():
+            self._counts[i] = c
         self._cache = None
 
     @property

@@ -8,8 +8,9 @@ Defaults, and why (details per family in ``docs/detectors.md``):
 
 * A deployment with 500 tenants evaluates ~10^7 (series x signal x window) tests a day, so
   significance alone would page someone daily for noise.  Every statistical alert therefore
-  needs a small p-value (proportion and drift: score 0.4, p ~ 1e-7; level shift: score 0.3,
-  p ~ 2e-5, plus a 30 % change), a *material* change, and a second confirming window.
+  needs a small p-value (proportion: score 0.35, p ~ 4e-6; drift: 0.4, p ~ 2e-7; level
+  shift: 0.3, p ~ 5e-5, plus a 30 % change), a *material* change, and a second confirming
+  window.
 * Proportions need >= 5 events, >= 2x and >= +1 point: 1 refusal in 3 calls never pages.
 * Threshold rules mirror the issue's examples; ``for: 3`` windows, >= 20 calls, and rates are
   judged by their confidence bound.
@@ -155,12 +156,13 @@ class DetectorConfig:
     level_shift_resolve: float = 0.2
     level_shift_min_history: int = 120
     level_shift_min_change: float = 0.3
+    level_shift_min_calls: int = 20
     level_shift_seasonal_metrics: tuple[str, ...] = DEFAULT_SEASONAL_METRICS
     level_shift_policy: PolicyParams = field(default_factory=lambda: PolicyParams(2, 3, 15))
 
     proportion: ProportionParams = field(default_factory=ProportionParams)
     proportion_metrics: tuple[str, ...] = DEFAULT_PROPORTION_METRICS
-    proportion_threshold: float = 0.4
+    proportion_threshold: float = 0.35
     proportion_resolve: float = 0.2
     proportion_policy: PolicyParams = field(default_factory=lambda: PolicyParams(2, 3, 15))
 

@@ -40,6 +40,7 @@ from spanpulse.detectors.watches import (
 from spanpulse.schemas.alert import Alert, Contributor, Severity, build_alert
 
 _NO_PERCENTILES: Final = 2**62  # row percentiles come from the pool instead
+_CALLS_WEIGHT: Final = 1.0 - 0.5 ** (1.0 / 60.0)
 ChildSignals = list[tuple[ChildKey, Mapping[str, Signal], int]]
 
 
@@ -81,6 +82,7 @@ class SeriesDetector:
         self._quiet = 0
         self._window_len = timedelta(minutes=1)
         self._pool = PercentilePool(config.min_calls_for_percentiles, config.percentile_max_windows)
+        self._typical_calls = 0.0  # EW calls per window (half-life 60 windows)
 
     # ------------------------------------------------------------------ recovery
     def snapshot(self) -> bytes:
@@ -129,6 +131,7 @@ class SeriesDetector:
             if not c.get("late")
         ]
         calls = int(row.get("calls") or 0)
+        self._typical_calls += _CALLS_WEIGHT * (calls - self._typical_calls)
         alerts = [a for w in self._watched.values() if (a := self._step(w, signals, win, calls))]
         alerts += self._budget_step(float(row.get("cost_usd") or 0.0), win)
         if not any(w.policy.state in ("pending", "firing") for w in self._watched.values()):
@@ -140,6 +143,7 @@ class SeriesDetector:
         if self.grain is None:
             return []
         self._quiet += 1
+        self._typical_calls -= _CALLS_WEIGHT * self._typical_calls
         win = _Window(window_end - self._window_len, window_end)
         zeros: dict[str, Signal] = dict.fromkeys(("calls", "call_rate", "cost_usd", "tokens"), 0.0)
         alerts = [a for w in self._watched.values() if (a := self._step(w, zeros, win, 0))]
@@ -161,6 +165,7 @@ class SeriesDetector:
                     cfg.level_shift_min_history,
                     cfg.level_shift_min_change,
                     metric in cfg.level_shift_seasonal_metrics,
+                    cfg.level_shift_min_calls,
                 ),
                 cfg.level_shift_policy,
             )
@@ -204,6 +209,8 @@ class SeriesDetector:
             if win.row:  # traffic but no evidence (pooling, no parse attempts): hold
                 return None
             return self._transition(w, w.policy.quiet(win.start, win.end), None, win)
+        if isinstance(w.watch, LevelShiftWatch):  # judge volume by the series' usual traffic
+            calls = max(calls, round(self._typical_calls))
         a = w.watch.assess(sig, t, calls)
         was_open = w.policy.state in ("pending", "firing")
         transition = w.policy.step(win.start, win.end, a.trigger, a.persist)
@@ -400,6 +407,10 @@ class SeriesDetector:
 
 def _count_detail(a: Assessment) -> str:
     k, n = a.details.get("successes"), a.details.get("trials")
+    windows = a.details.get("windows")
     if isinstance(k, int) and isinstance(n, int):
-        return f"{k} of {n}"
+        over = (
+            f" over the last {windows} windows" if isinstance(windows, int) and windows > 1 else ""
+        )
+        return f"{k} of {n}{over}"
     return ""

@@ -40,7 +40,7 @@ class ProportionParams:
     halflife: float = 240.0
     warmup_trials: int = 200
     warmup_windows: int = 10
-    max_baseline_trials: float = 2000.0
+    max_baseline_trials: float = 5000.0
     min_successes: int = 5
     min_ratio: float = 2.0
     min_delta: float = 0.01
@@ -160,13 +160,21 @@ class ProportionShift:
         j = self.judge(x)
         return p_to_score(j.p) if j.material else 0.0
 
-    def learn_one(self, x: tuple[int, int]) -> None:
-        """Fold ``x`` into the baseline unless it is a material, significant excursion."""
+    def is_excursion(self, x: tuple[int, int]) -> bool:
+        """Return True when ``x`` is material and significant at ``alarm_p`` (kept out)."""
+        j = self.judge(x)
+        return j.material and j.p < self.params.alarm_p
+
+    def learn_one(self, x: tuple[int, int], *, excursion: bool | None = None) -> None:
+        """Fold ``x`` into the baseline unless it is a material, significant excursion.
+
+        ``excursion`` lets a caller that judged more than this window (e.g. pooled with the
+        previous ones) decide; by default the window is judged alone.
+        """
         k, n = x
         if n <= 0:
             return
-        j = self.judge(x)
-        if j.material and j.p < self.params.alarm_p:
+        if excursion if excursion is not None else self.is_excursion(x):
             self._pending.append((k, n))
             if len(self._pending) >= self.params.adapt_after:  # the new normal: start over
                 self._successes = self._trials = 0.0

@@ -9,6 +9,7 @@ then learn).
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Literal, NamedTuple, Protocol
 
@@ -58,7 +59,7 @@ class Watch(Protocol):
 
 @dataclass
 class LevelShiftWatch:
-    """Level shifts and spikes; persists while the window alone is still unusual."""
+    """Level shifts and spikes: significant, material and trusted; persists while unusual."""
 
     metric: str
     params: LevelShiftParams
@@ -68,6 +69,7 @@ class LevelShiftWatch:
     min_history: int = 0
     min_change: float = 0.0
     needs_season: bool = False
+    min_calls: int = 0
     family: Family = "level_shift"
     scorer: LevelShift = field(init=False)
 
@@ -78,19 +80,27 @@ class LevelShiftWatch:
         """Judge one window: significant (score), material (relative change) and trusted."""
         x = signal_value(signal)
         j = self.scorer.judge(x, t)
-        score = self.scorer.score_one(x, t)
-        material = _material(x, j.expected, self.min_change, self.direction)
-        unusual = p_to_score(j.p_point) >= self.resolve or p_to_score(j.p) >= self.threshold
+        # This window's own evidence (point and range tests), not score_one: the scorer's
+        # refractory period (NAB's "report an episode once") is the policy's job here, and a
+        # sub-threshold blip must not mask a real incident minutes later.  The smoothed
+        # surprise is left out too: its Gaussian tail is optimistic far out, and slow shifts
+        # are the drift family's job; two confirming windows give the persistence instead.
+        score = p_to_score(j.p_window)
+        expected = max(0.0, j.expected) if j.expected is not None else None  # signals are >= 0
+        material = _material(x, expected, self.min_change, self.direction)
+        unusual = p_to_score(j.p_point) >= self.resolve or score >= self.threshold
         details: dict[str, float | int | str] = {"z": round(j.z, 3)}
-        trusted = self.scorer.observations >= self.min_history and (
-            not self.needs_season or self.scorer.season_ready(t)
+        trusted = (
+            self.scorer.observations >= self.min_history
+            and calls >= self.min_calls
+            and (not self.needs_season or self.scorer.season_ready(t))
         )
         return Assessment(
             score,
             trusted and material and score >= self.threshold,
             material and unusual,
             x,
-            j.expected,
+            expected,
             self.threshold,
             details,
         )
@@ -102,38 +112,58 @@ class LevelShiftWatch:
 
 @dataclass
 class ProportionWatch:
-    """Rates with counts; persists while still material and beyond the resolve score."""
+    """Rates with counts, judged on this window and on the last ``pool_windows`` pooled.
+
+    Pooling is what lets a mid-sized tenant's error rate going from 0.5 % to 5 % show: at
+    30 calls a window no single window ever holds 5 errors, five windows do.  The better of
+    the two looks is used, with a Bonferroni factor of 2 for looking twice.
+    """
 
     metric: str
     params: ProportionParams
     threshold: float
     resolve: float
+    pool_windows: int = 5
     family: Family = "proportion_shift"
     scorer: ProportionShift = field(init=False)
+    recent: deque[tuple[int, int]] = field(init=False)
 
     def __post_init__(self) -> None:
         self.scorer = ProportionShift(self.params)
+        self.recent = deque(maxlen=max(0, self.pool_windows - 1))
 
     def assess(self, signal: Signal, t: float | None, calls: int) -> Assessment:
-        """Judge one window."""
+        """Judge one window (alone and pooled with the previous ones)."""
         k, n = signal if isinstance(signal, tuple) else (0, 0)
-        j = self.scorer.judge((k, n))
-        score = p_to_score(j.p) if j.material else 0.0
-        details: dict[str, float | int | str] = {"successes": k, "trials": n}
+        looks = [(k, n, 1)]
+        if self.recent:
+            pooled_k = k + sum(r[0] for r in self.recent)
+            pooled_n = n + sum(r[1] for r in self.recent)
+            looks.append((pooled_k, pooled_n, len(self.recent) + 1))
+        judged = [(self._look(kk, nn, len(looks)), kk, nn, w) for kk, nn, w in looks]
+        (score, rate, baseline), kk, nn, windows = max(judged, key=lambda x: x[0][0])
+        details: dict[str, float | int | str] = {"successes": kk, "trials": nn, "windows": windows}
         return Assessment(
-            score,
-            score >= self.threshold,
-            score >= self.resolve,
-            j.rate,
-            j.baseline,
-            self.threshold,
-            details,
-        )
+            score, score >= self.threshold, score >= self.resolve, rate, baseline,
+            self.threshold, details,
+        )  # fmt: skip
+
+    def _look(self, k: int, n: int, looks: int) -> tuple[float, float | None, float | None]:
+        j = self.scorer.judge((k, n))
+        score = p_to_score(min(1.0, j.p * looks)) if j.material else 0.0
+        return score, j.rate, j.baseline
 
     def learn(self, signal: Signal, t: float | None) -> None:
-        """Learn one window."""
+        """Learn one window; it stays out of the baseline if it or its pool is an excursion."""
         if isinstance(signal, tuple):
-            self.scorer.learn_one(signal)
+            k, n = signal
+            pooled = (k + sum(r[0] for r in self.recent), n + sum(r[1] for r in self.recent))
+            excursion = self.scorer.is_excursion(signal) or (
+                bool(self.recent) and self.scorer.is_excursion(pooled)
+            )
+            self.scorer.learn_one(signal, excursion=excursion)
+            if self.recent.maxlen:
+                self.recent.append(signal)
 
 
 @dataclass

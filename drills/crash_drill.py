@@ -25,7 +25,8 @@ import polars as pl
 
 from spanpulse.broker import EmbeddedBroker, create_topics
 from spanpulse.schemas.encode import encode_calls
-from spanpulse.schemas.traffic import TrafficModel
+from spanpulse.schemas.scenario import Scenario
+from spanpulse.sinks.alerts import tail
 from spanpulse.sinks.kafka_producer import BulkProducer
 
 START_MS = 1_790_000_000_000 - (1_790_000_000_000 % 60_000)
@@ -44,11 +45,36 @@ class DrillResult:
     seconds: float = 0.0
     total_messages: int = 0
     final_run_messages: int = 0  # < total_messages proves the last run resumed from recovery
+    baseline_alert_ids: int = 0
+    drilled_alert_ids: int = 0
+    duplicate_alerts: int = 0  # re-deliveries of the same id (allowed, counted)
+    same_alert_ids: bool = False
+
+
+_SCENARIO = """
+name = "drill"
+seed = {seed}
+start = "2026-09-21T14:00:00Z"
+duration = "{minutes}m"
+tenants = 80
+rate = {rate}
+
+[[incident]]
+kind = "length_spike"
+start = "{spike_at}m"
+duration = "8m"
+target = {{ model = "gpt-4o" }}
+magnitude = 0.3
+"""
 
 
 def produce(bootstrap: str, topic: str, minutes: int, rate: float, seed: int) -> int:
-    """Produce time-ordered traffic in small messages; returns the number of calls."""
-    calls = TrafficModel(seed=seed, tenants=80, rate_per_s=rate).calls(START_MS, minutes * 60)
+    """Produce time-ordered traffic in small messages; returns the number of calls.
+
+    The traffic carries one length-stop incident halfway, so the runs raise alerts to compare.
+    """
+    text = _SCENARIO.format(seed=seed, minutes=minutes, rate=rate, spike_at=max(1, minutes // 2))
+    calls = Scenario.loads(text).calls()
     producer = BulkProducer({"bootstrap.servers": bootstrap})
     producer.send(
         topic, encode_calls(calls, "otlp_proto", convention="mixed", spans_per_message=20)
@@ -57,12 +83,15 @@ def produce(bootstrap: str, topic: str, minutes: int, rate: float, seed: int) ->
     return calls.height
 
 
-def write_config(path: Path, bootstrap: str, topic: str, out: Path, recovery: Path | None) -> Path:
+def write_config(
+    path: Path, bootstrap: str, topic: str, out: Path, recovery: Path | None, alerts: str = ""
+) -> Path:
     """Write a job config for one run."""
     rec = f'[recovery]\ndir = "{recovery}"\nsnapshot_interval = "1s"\n' if recovery else ""
+    alerts = alerts or f"{topic}-alerts"
     path.write_text(
         f'[kafka]\nbootstrap_servers = "{bootstrap}"\nbatch_size = 25\n'
-        f'dead_letter_topic = "{topic}-dlq"\nalert_topic = "{topic}-alerts"\n'
+        f'dead_letter_topic = "{topic}-dlq"\nalert_topic = "{alerts}"\n'
         f'[[inputs]]\ntopic = "{topic}"\n[rollups]\noutput_dir = "{out}"\n[metrics]\nport = 0\n{rec}'
     )
     return path
@@ -120,13 +149,15 @@ def drill(
     rng = random.Random(seed)
     topic = f"drill-{seed}-{int(time.time() * 1000) % 10**8}"
     create_topics(bootstrap, [topic], partitions=2)
-    create_topics(bootstrap, [f"{topic}-dlq", f"{topic}-alerts"], partitions=1)
+    base_alerts, drill_alerts = f"{topic}-alerts-base", f"{topic}-alerts-drill"
+    create_topics(bootstrap, [f"{topic}-dlq", base_alerts, drill_alerts], partitions=1)
     produce(bootstrap, topic, minutes, rate, seed)
 
     base_out, drill_out, rec = workdir / "baseline", workdir / "drilled", workdir / "recovery"
-    base = _run(write_config(workdir / "base.toml", bootstrap, topic, base_out, None))
+    base_cfg = write_config(workdir / "base.toml", bootstrap, topic, base_out, None, base_alerts)
+    base = _run(base_cfg)
     base_stdout, _ = base.communicate(timeout=600)
-    cfg = write_config(workdir / "drill.toml", bootstrap, topic, drill_out, rec)
+    cfg = write_config(workdir / "drill.toml", bootstrap, topic, drill_out, rec, drill_alerts)
     result = DrillResult()
     while result.kills < kills:
         proc = _run(cfg)
@@ -152,6 +183,17 @@ def drill(
         if a.columns == b.columns and a.height and b.height:
             for col in ("calls", "input_tokens", "cost_nanos"):
                 result.differences.append(f"{col}: {a[col].sum()} vs {b[col].sum()}")
+    client = {"bootstrap.servers": bootstrap}
+    base_ids = [a["id"] for a in tail(client, base_alerts, idle_timeout_s=3)]
+    drill_ids = [a["id"] for a in tail(client, drill_alerts, idle_timeout_s=3)]
+    result.baseline_alert_ids, result.drilled_alert_ids = len(set(base_ids)), len(set(drill_ids))
+    result.duplicate_alerts = len(drill_ids) - len(set(drill_ids))
+    result.same_alert_ids = set(base_ids) == set(drill_ids)
+    if not result.same_alert_ids:
+        result.differences.append(
+            f"alert ids: {len(set(base_ids) - set(drill_ids))} missing, "
+            f"{len(set(drill_ids) - set(base_ids))} extra"
+        )
     result.seconds = round(time.monotonic() - t0, 1)
     return result
 
@@ -170,7 +212,7 @@ def main() -> int:
             b.bootstrap, args.workdir, kills=args.kills, seed=args.seed, minutes=args.minutes
         )
     print(json.dumps(res.__dict__, indent=2))
-    return 0 if res.identical else 1
+    return 0 if res.identical and res.same_alert_ids else 1
 
 
 if __name__ == "__main__":

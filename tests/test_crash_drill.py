@@ -17,4 +17,7 @@ def test_kill_9_and_restart_gives_identical_rollups(broker, tmp_path):
     assert res.baseline_rows > 0
     # The last run must have resumed from the recovery store, not re-read everything.
     assert 0 < res.final_run_messages < res.total_messages, res
+    # The same alerts (by id) as the uninterrupted run: none missing, none extra.
+    assert res.baseline_alert_ids > 0, res
+    assert res.same_alert_ids, res.differences
     assert res.identical, res.differences

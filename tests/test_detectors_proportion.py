@@ -90,3 +90,24 @@ def test_empty_windows_are_ignored() -> None:
 def test_invalid_params_are_rejected() -> None:
     with pytest.raises(ValueError, match="ProportionParams"):
         ProportionParams(min_ratio=0.5)
+
+
+def test_watch_pools_windows_so_mid_sized_tenants_are_covered() -> None:
+    from spanpulse.detectors.watches import ProportionWatch
+
+    watch = ProportionWatch("error_rate", ProportionParams(), THRESHOLD, 0.2)
+    rng = np.random.default_rng(8)
+    for _ in range(80):  # 30 calls a window at 0.5 % errors
+        sig = (int(rng.binomial(30, 0.005)), 30)
+        assert not watch.assess(sig, None, 30).trigger
+        watch.learn(sig, None)
+    fired = None
+    for i in range(10):  # 8 % errors: ~2.4 a window, never 5 in one window
+        sig = (min(4, int(rng.binomial(30, 0.08))), 30)
+        a = watch.assess(sig, None, 30)
+        watch.learn(sig, None)
+        if a.trigger:
+            fired = (i, a)
+            break
+    assert fired is not None and fired[0] < 5
+    assert int(fired[1].details["windows"]) > 1
