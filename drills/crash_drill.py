@@ -142,7 +142,7 @@ def drill(
     seed: int = 1,
     minutes: int = 45,
     rate: float = 12.0,
-    kill_after: tuple[float, float] = (1.5, 4.0),
+    kill_after: tuple[float, float] = (4.0, 8.0),
 ) -> DrillResult:
     """Run the baseline and the drilled job over the same topic; compare their rollups."""
     t0 = time.monotonic()
