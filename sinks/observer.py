@@ -18,6 +18,7 @@ from typing import Any
 import polars as pl
 
 from spanpulse.schemas.batch import PartialBatch
+from spanpulse.schemas.record import DIMENSIONS, OTHER
 from spanpulse.sinks.metrics import Metrics
 
 
@@ -98,7 +99,15 @@ class MetricsObserver:
 
     def on_rollup(self, rows: pl.DataFrame) -> None:
         """Export the LLM signals of cardinality-limited on-time rows (bounded labels only)."""
-        if self.metrics is not None and not rows.is_empty() and not rows["late"].any():
+        if self.metrics is None or rows.is_empty():
+            return
+        folded = rows.filter(pl.col("overflow_calls") > 0)
+        for dim in DIMENSIONS:
+            if dim in folded.columns:
+                n = int(folded.filter(pl.col(dim) == OTHER)["overflow_calls"].sum())
+                if n:
+                    self.metrics.count_overflow(dim, n)
+        if not rows["late"].any():
             self.metrics.observe_rollup(rows)
 
     def on_late(self, rows: pl.DataFrame) -> None:
