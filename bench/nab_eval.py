@@ -77,8 +77,8 @@ def make_run_fn(params: LevelShiftParams | None = None, view: str = "score") -> 
     """Return a NAB ``run_fn``: a fresh detector per file, score-then-learn per row.
 
     ``view="score"`` reports ``score_one`` (the scorer's output); ``view="window"`` reports
-    the statistic the alert engine triggers on, ``p_to_score(judge(x).p_window)`` (this
-    window's point and range tests: no smoothing, no refractory period).
+    the statistic the alert engine triggers on, ``p_to_score(judge(x).p_point)`` (this
+    window's calibrated deviation: no smoothing, no range test, no refractory period).
     """
 
     def run(timestamps: Sequence[str], values: np.ndarray) -> list[float]:
@@ -87,7 +87,7 @@ def make_run_fn(params: LevelShiftParams | None = None, view: str = "score") -> 
         for ts, v in zip(timestamps, values, strict=True):
             t, x = _epoch(ts), float(v)
             if view == "window":
-                out.append(p_to_score(det.judge(x, t).p_window))
+                out.append(p_to_score(det.judge(x, t).p_point))
             else:
                 out.append(det.score_one(x, t))
             det.learn_one(x, t)
@@ -161,7 +161,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         window_scores = _scores(corpus, view="window")
         res = nab_score.score_scores(corpus, window_scores)
         result["window_view"] = {p: res[p]["score"] for p in nab_score.PROFILE_ORDER}
-        fixed_w = nab_score.score_scores(corpus, window_scores, "fixed", fixed_thr)
+        fixed_w = nab_score.score_scores(
+            corpus, window_scores, mode="fixed", fixed_thresholds=fixed_thr
+        )
         result["window_view_fixed"] = {p: fixed_w[p]["score"] for p in nab_score.PROFILE_ORDER}
         print(f"window view (engine trigger) standard={res['standard']['score']:.2f}")
         write_doc(result)
@@ -229,8 +231,8 @@ def write_doc(result: dict[str, Any]) -> None:
     view, view_fixed = result["window_view"], result["window_view_fixed"]
     lines += [
         "",
-        "The alert engine triggers on this window's own evidence, `judge(x).p_window` (the point "
-        "and range tests; no smoothed surprise, no refractory period — the alert policy's "
+        "The alert engine triggers on this window's own calibrated evidence, `judge(x).p_point` "
+        "(no smoothed surprise, no range test, no refractory period — the alert policy's "
         "confirming window, materiality test and cooldown take those roles). The same class "
         "with the same defaults, read that way, scores "
         + " / ".join(f"{view[p]:.1f}" for p in profs)

@@ -894,7 +894,10 @@ def render(results: dict[str, Any], command: str) -> str:
         f"4 partitions, tansu in memory; traffic seed {o['seed']}, {o['tenants']} tenants, "
         f"{o['rate']} calls/s of event time from 2025-03-04T09:00Z; OTLP messages carry 200 LLM "
         "calls plus their HTTP parent and tool spans. "
-        f"Peers use {o['peer_lateness_s'] / 3600:g} h lateness; spanpulse its default (30 s).",
+        f"Peers use {o['peer_lateness_s'] / 3600:g} h lateness; spanpulse its default (30 s). "
+        f"The backlogs hold about {o['rate'] * 60:,.0f} calls per 1-minute window, so costs that "
+        "spanpulse pays per closed window (rollup files, detector evaluation per series) weigh "
+        "heavily here; `--rate` changes that density.",
         "",
         f"## Throughput (median of {o['runs']} interleaved runs)",
         "",
@@ -1439,10 +1442,12 @@ def render_live(res: dict[str, Any], mode: str) -> str:
     """A Markdown section for a latency or soak result."""
     s = res["samples"]
     head = [
-        f"## {'Alert latency' if mode == 'latency' else 'Soak'} ({res['seconds']:.0f} s at "
-        f"{res['rate_spans_per_s']:,.0f} spans/s = 50 % of saturation "
-        f"{res['saturation_spans_per_s']:,.0f}; produced "
-        f"{res['sent_calls'] / res['seconds']:,.0f} calls/s)",
+        f"## {'Alert latency' if mode == 'latency' else 'Soak'} ({res['seconds']:.0f} s of live "
+        f"traffic at {res['sent_calls'] / res['seconds']:,.0f} calls/s)",
+        "",
+        f"Target rate {res['rate_spans_per_s']:,.0f} calls/s = 50 % of the saturation value "
+        f"{res['saturation_spans_per_s']:,.0f} spans/s (`--saturation`, or spanpulse's measured "
+        "1-process otlp_proto backlog rate). Default job configuration, detectors as configured.",
         "",
         f"Measured: {res['environment']['date']}, same machine as above.",
         "",
@@ -1464,7 +1469,14 @@ def render_live(res: dict[str, Any], mode: str) -> str:
             ]
         )
     if mode == "latency":
-        return "\n".join([*head, *_latency_lines(res)])
+        lag = max((x["lag"] for x in s), default=-1.0)
+        note = (
+            f"- the job kept up: consumer lag at most {lag:.0f} messages. Window end is "
+            "the alert's `window_end`; arrival is when the harness read the alert. The harness "
+            "releases calls every 0.5 s once their end time has passed, so up to ~1 s of the "
+            "latency is the producer's."
+        )
+        return "\n".join([*head, *_latency_lines(res)[:-1], note, ""])
     rss = [x["rss_mb"] for x in s]
     n = max(1, len(rss) // 5)
     first, last = statistics.median(rss[n : 2 * n] or rss[:n]), statistics.median(rss[-n:])

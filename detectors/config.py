@@ -171,6 +171,7 @@ class DetectorConfig:
     drift_threshold: float = 0.4
     drift_resolve: float = 0.2
     drift_min_change: float = 0.15
+    drift_min_calls: int = 20
     drift_policy: PolicyParams = field(default_factory=lambda: PolicyParams(2, 5, 30))
 
     rules: tuple[ThresholdRule, ...] = DEFAULT_RULES

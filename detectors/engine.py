@@ -179,7 +179,12 @@ class SeriesDetector:
         for metric in cfg.drift_metrics:
             self._add(
                 DriftWatch(
-                    metric, cfg.drift, cfg.drift_threshold, cfg.drift_resolve, cfg.drift_min_change
+                    metric,
+                    cfg.drift,
+                    cfg.drift_threshold,
+                    cfg.drift_resolve,
+                    cfg.drift_min_change,
+                    cfg.drift_min_calls,
                 ),
                 cfg.drift_policy,
             )
@@ -209,7 +214,7 @@ class SeriesDetector:
             if win.row:  # traffic but no evidence (pooling, no parse attempts): hold
                 return None
             return self._transition(w, w.policy.quiet(win.start, win.end), None, win)
-        if isinstance(w.watch, LevelShiftWatch):  # judge volume by the series' usual traffic
+        if isinstance(w.watch, LevelShiftWatch | DriftWatch):  # judge by the usual traffic
             calls = max(calls, round(self._typical_calls))
         a = w.watch.assess(sig, t, calls)
         was_open = w.policy.state in ("pending", "firing")

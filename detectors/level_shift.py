@@ -90,7 +90,6 @@ class Judgement(NamedTuple):
 
     p: float  # combined p-value (1.0 while warming up)
     p_point: float  # p-value of this window's deviation alone (no smoothing, no range test)
-    p_window: float  # this window alone: the point test and the range test, no smoothing
     z: float  # signed robust z-score vs the baseline (0.0 while warming up)
     expected: float | None  # baseline level in the caller's units (seasonal offset added back)
     point_surprise: float  # capped -log10 p of the single-window deviation
@@ -153,7 +152,7 @@ class LevelShift:
         """Return the full judgement of ``x`` (pure: no state change)."""
         p = self.params
         if len(self._baseline) < p.warmup:
-            return Judgement(1.0, 1.0, 1.0, 0.0, None, 0.0, 0.0)
+            return Judgement(1.0, 1.0, 0.0, None, 0.0, 0.0)
         offset = self._season.offset(t)
         y = x - offset
         med = self._baseline.median()
@@ -167,10 +166,9 @@ class LevelShift:
         if self._smooth_stats.n >= p.calibration_warmup:
             p_smooth = self._smooth_stats.upper_p(smoothed, _MIN_SMOOTH_SD)
         p_all = min(1.0, 2.0 * min(p_point, p_smooth))
-        p_window = p_point
         if self._n >= p.calibration_warmup and self._outside_range(x):
-            p_all, p_window = min(p_all, p.range_p), min(p_point, p.range_p)
-        return Judgement(p_all, p_point, p_window, z, med + offset, s_point, smoothed)
+            p_all = min(p_all, p.range_p)
+        return Judgement(p_all, p_point, z, med + offset, s_point, smoothed)
 
     def deviation_one(self, x: float, t: float | None = None) -> float:
         """Score of ``x`` ignoring the refractory period (for resolving open alerts)."""

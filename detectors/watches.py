@@ -80,12 +80,13 @@ class LevelShiftWatch:
         """Judge one window: significant (score), material (relative change) and trusted."""
         x = signal_value(signal)
         j = self.scorer.judge(x, t)
-        # This window's own evidence (point and range tests), not score_one: the scorer's
+        # This window's own calibrated evidence (the point p-value), not score_one: the
         # refractory period (NAB's "report an episode once") is the policy's job here, and a
         # sub-threshold blip must not mask a real incident minutes later.  The smoothed
-        # surprise is left out too: its Gaussian tail is optimistic far out, and slow shifts
-        # are the drift family's job; two confirming windows give the persistence instead.
-        score = p_to_score(j.p_window)
+        # surprise and the range test are left out: their p-values are approximations that
+        # are optimistic far out in the tail, where a product threshold lives; slow shifts are
+        # the drift family's job and two confirming windows give the persistence instead.
+        score = p_to_score(j.p_point)
         expected = max(0.0, j.expected) if j.expected is not None else None  # signals are >= 0
         material = _material(x, expected, self.min_change, self.direction)
         unusual = p_to_score(j.p_point) >= self.resolve or score >= self.threshold
@@ -175,6 +176,7 @@ class DriftWatch:
     threshold: float
     resolve: float
     min_change: float = 0.0
+    min_calls: int = 0
     family: Family = "drift"
     scorer: CusumDrift = field(init=False)
 
@@ -191,7 +193,7 @@ class DriftWatch:
         details: dict[str, float | int | str] = {"cusum": round(j.statistic, 3)}
         return Assessment(
             score,
-            material and score >= self.threshold,
+            calls >= self.min_calls and material and score >= self.threshold,
             material and score >= self.resolve,
             level,
             j.reference,
