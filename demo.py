@@ -36,8 +36,8 @@ _QUERIES = {
 def run_demo(args: argparse.Namespace) -> int:
     """Run the demo; prints a summary and where the files are."""
     from spanpulse.cli import generate_to_kafka, run_job
-    from spanpulse.sinks.kafka_producer import BulkProducer
     from spanpulse.sinks.alerts import tail
+    from spanpulse.sinks.kafka_producer import BulkProducer
     from spanpulse.sinks.query import connect, format_table, run_query
 
     out: Path = args.output
