@@ -25,6 +25,7 @@ import polars as pl
 
 from spanpulse.broker import EmbeddedBroker, create_topics
 from spanpulse.schemas.encode import encode_calls
+from spanpulse.schemas.record import DIMENSIONS
 from spanpulse.schemas.scenario import Scenario
 from spanpulse.sinks.alerts import tail
 from spanpulse.sinks.kafka_producer import BulkProducer
@@ -113,24 +114,7 @@ def read_rollups(root: Path) -> pl.DataFrame:
     df = pl.concat(
         [pl.read_parquet(f, hive_partitioning=False) for f in files], how="vertical_relaxed"
     )
-    keys = [
-        c
-        for c in (
-            "grain",
-            "window_start",
-            "late",
-            "tenant",
-            "service",
-            "environment",
-            "feature",
-            "provider",
-            "model",
-            "response_model",
-            "operation",
-            "prompt_version",
-        )
-        if c in df.columns
-    ]
+    keys = [c for c in ("grain", "window_start", "late", *DIMENSIONS) if c in df.columns]
     return df.sort(keys, nulls_last=True)
 
 
