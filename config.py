@@ -83,11 +83,15 @@ class Grain:
         return ".".join(self.dims)
 
 
+#: ``feature.prompt_version.model`` is the breakdown that tells whether a prompt version's
+#: change comes from one model (then the model's own alert covers it, see
+#: ``detectors/inhibit.py``); no detector watches it by default (``grain_families``).
 DEFAULT_GRAINS: Final = (
     Grain(("tenant",)),
     Grain(("tenant", "model")),
     Grain(("model",)),
     Grain(("feature", "prompt_version")),
+    Grain(("feature", "prompt_version", "model")),
 )
 
 
@@ -160,6 +164,18 @@ class RecoverySettings:
 
 
 @dataclass(frozen=True)
+class DedupSettings:
+    """Spans delivered twice, dropped across batches per partition (docs/reliability.md).
+
+    ``horizon_ms`` 0 turns it off (copies are then dropped within one batch only); ``max_ids``
+    bounds the remembered ids per partition (16 bytes each).
+    """
+
+    horizon_ms: int = 600_000
+    max_ids: int = 1_000_000
+
+
+@dataclass(frozen=True)
 class Settings:
     """The whole job configuration."""
 
@@ -177,6 +193,7 @@ class Settings:
     detectors: Mapping[str, Any] = field(default_factory=dict)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     recovery: RecoverySettings = field(default_factory=RecoverySettings)
+    dedup: DedupSettings = field(default_factory=DedupSettings)
 
 
 # ---------------------------------------------------------------------------- parsing helpers
@@ -459,13 +476,30 @@ DETECTOR_KEYS: Final = {
     "default_budget_usd_per_hour": float,
     "critical_score": float,
     "level_shift_threshold": float,
+    "level_shift_min_change": float,
+    "level_shift_min_calls": int,
+    "level_shift_min_history": int,
     "proportion_threshold": float,
     "drift_threshold": float,
+    "drift_min_change": float,
+    "drift_min_calls": int,
     "min_calls_for_percentiles": int,
     "max_exemplars": int,
+    "max_contributors": int,
     "idle_after_windows": int,
+    "rule_resolve_after": int,
+    "rule_cooldown": int,
+    "grain_families": "families",
+    "rules": "rules",
     "enabled": bool,
 }
+
+#: Keys of one ``[[detectors.rules]]`` table and the ``ThresholdRule`` field each sets.
+RULE_KEYS: Final = {
+    "metric": "metric", "op": "op", "value": "value", "for": "for_windows",
+    "resolve_ratio": "resolve_ratio", "min_calls": "min_calls", "grains": "grains",
+    "severity": "severity",
+}  # fmt: skip
 
 
 def _detectors(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -483,6 +517,11 @@ def _detectors(raw: Mapping[str, Any]) -> dict[str, Any]:
                     msg = f'{where}."{tenant}": budget must be positive, got {v}'
                     raise ConfigError(msg)
             out[key] = {k: float(v) for k, v in table.items()}
+        elif kind == "families":
+            table = _expect(where, value, dict, 'a table of grain = ["family", ...]')
+            out[key] = {g: _str_list(f'{where}."{g}"', fams) for g, fams in table.items()}
+        elif kind == "rules":
+            out[key] = _rules(where, value)
         elif kind is float:
             out[key] = float(_expect(where, value, (int, float), "a number"))
         elif kind is int:
@@ -492,16 +531,47 @@ def _detectors(raw: Mapping[str, Any]) -> dict[str, Any]:
     try:
         detector_config(out)
     except ValueError as err:
-        msg = f"detectors: {err}; check the thresholds (0 < resolve <= threshold < 1)"
+        msg = f"detectors: {err}"
         raise ConfigError(msg) from err
     return out
+
+
+def _rules(where: str, value: object) -> tuple[Any, ...]:
+    """Parse ``[[detectors.rules]]``; the list replaces the default rules (empty: no rules)."""
+    from spanpulse.detectors.config import ThresholdRule
+
+    items = _expect(where, value, list, "an array of tables ([[detectors.rules]])")
+    rules = []
+    for i, item in enumerate(items):
+        at = f"{where}[{i}]"
+        table = _expect(at, item, dict, "a table with metric, op, value")
+        _reject_unknown(at, table, set(RULE_KEYS))
+        missing = [k for k in ("metric", "op", "value") if k not in table]
+        if missing:
+            msg = f"{at}: missing {', '.join(missing)}; a rule needs metric, op and value"
+            raise ConfigError(msg)
+        kw: dict[str, Any] = {RULE_KEYS[k]: v for k, v in table.items()}
+        kw["value"] = float(_expect(f"{at}.value", table["value"], (int, float), "a number"))
+        if "grains" in table:
+            kw["grains"] = _str_list(f"{at}.grains", table["grains"])
+        try:
+            rules.append(ThresholdRule(**kw))
+        except (TypeError, ValueError) as err:
+            msg = f"{at}: {err}"
+            raise ConfigError(msg) from err
+    return tuple(rules)
 
 
 def detector_config(detectors: Mapping[str, Any]) -> Any:
     """Build the detectors' ``DetectorConfig`` from the validated ``[detectors]`` table."""
     from spanpulse.detectors.config import DetectorConfig
 
-    return DetectorConfig(**{k: v for k, v in detectors.items() if k != "enabled"})
+    kw = {k: v for k, v in detectors.items() if k != "enabled"}
+    if "grain_families" in kw:  # per grain, over the defaults (tenant.model stays scoped)
+        from spanpulse.detectors.config import DEFAULT_GRAIN_FAMILIES
+
+        kw["grain_families"] = {**DEFAULT_GRAIN_FAMILIES, **kw["grain_families"]}
+    return DetectorConfig(**kw)
 
 
 def _metrics(raw: Mapping[str, Any]) -> MetricsSettings:
@@ -541,9 +611,19 @@ def _recovery(raw: Mapping[str, Any]) -> RecoverySettings:
     )
 
 
+def _dedup(raw: Mapping[str, Any]) -> DedupSettings:
+    t = _table(raw, "dedup")
+    _reject_unknown("dedup", t, {"horizon", "max_ids"})
+    d = DedupSettings()
+    return DedupSettings(
+        horizon_ms=parse_duration_ms("dedup.horizon", t.get("horizon", d.horizon_ms / 1000)),
+        max_ids=_positive_int("dedup.max_ids", t.get("max_ids", d.max_ids)),
+    )
+
+
 _TOP_KEYS: Final = {
     "kafka", "inputs", "window", "rollups", "cardinality", "attributes", "pricing",
-    "context_windows", "dead_letter", "privacy", "detectors", "metrics", "recovery",
+    "context_windows", "dead_letter", "privacy", "detectors", "metrics", "recovery", "dedup",
 }  # fmt: skip
 
 
@@ -583,6 +663,7 @@ def from_mapping(raw: Mapping[str, Any]) -> Settings:
         detectors=_detectors(raw),
         metrics=_metrics(raw),
         recovery=_recovery(raw),
+        dedup=_dedup(raw),
     )
 
 

@@ -31,7 +31,7 @@ from spanpulse.detectors.proportion import ProportionParams
 from spanpulse.detectors.signals import LABELS, PERCENTILES, PROPORTIONS
 
 #: Algorithm version: bump when a detector's state layout or meaning changes.
-ALGORITHM_VERSION: Final = 1
+ALGORITHM_VERSION: Final = 2
 
 #: Score the level-shift family alerts at by default (also reported by bench/nab_eval.py).
 DEFAULT_LEVEL_SHIFT_THRESHOLD: Final = 0.3
@@ -75,6 +75,9 @@ class ThresholdRule:
             raise ValueError(msg)
         if self.op not in (">", ">=", "<", "<="):
             msg = f"ThresholdRule.op must be one of > >= < <=, got {self.op!r}"
+            raise ValueError(msg)
+        if self.severity not in ("warning", "critical"):
+            msg = f"ThresholdRule.severity must be warning or critical, got {self.severity!r}"
             raise ValueError(msg)
         if self.for_windows < 1:
             msg = f"ThresholdRule.for_windows must be >= 1, got {self.for_windows}"
@@ -124,6 +127,21 @@ DEFAULT_PROPORTION_METRICS: Final = (
 )
 
 DEFAULT_DRIFT_METRICS: Final = ("input_tokens_per_call", "context_fill_p95")
+
+#: Detector families, as named in alerts' ``detector`` field.
+FAMILIES: Final = ("level_shift", "proportion_shift", "drift", "threshold", "budget_burn")
+
+#: Families per grain; a grain not listed runs every family.  ``tenant.model`` is the
+#: finest default grain (up to tenants x models series): it watches only count-aware
+#: proportions -- a refusal spike of one tenant on one model is its job -- and leaves volume,
+#: percentiles, drift and absolute rules to the coarser grains, where they are less noisy and
+#: where its rows still appear as contributors.  This also keeps the detection cost in line
+#: with the number of tenants rather than tenants x models.  ``feature.prompt_version.model``
+#: only supplies contributors (which model drives a prompt version's change).
+DEFAULT_GRAIN_FAMILIES: Final[Mapping[str, tuple[str, ...]]] = {
+    "tenant.model": ("proportion_shift",),
+    "feature.prompt_version.model": (),  # contributors of feature.prompt_version only
+}
 
 #: Signals that are additive over children (contributors use differences, not weights).
 ADDITIVE_SIGNALS: Final = frozenset({"call_rate", "calls", "cost_usd", "tokens"})
@@ -194,6 +212,10 @@ class DetectorConfig:
         }
     )
 
+    grain_families: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: dict(DEFAULT_GRAIN_FAMILIES)
+    )
+
     critical_score: float = 0.6
     min_calls_for_percentiles: int = 50
     percentile_max_windows: int = 30
@@ -208,6 +230,7 @@ class DetectorConfig:
             "budgets_usd_per_day",
             "budgets_usd_per_hour",
             "release_grains",
+            "grain_families",
         ):
             value = getattr(self, name)
             object.__setattr__(self, name, dict(sorted(dict(value).items())))
@@ -216,6 +239,10 @@ class DetectorConfig:
         ) - KNOWN_SIGNALS
         if unknown:
             msg = f"DetectorConfig names unknown signals {sorted(unknown)}; known: {sorted(KNOWN_SIGNALS)}"
+            raise ValueError(msg)
+        bad = {f for fams in self.grain_families.values() for f in fams} - set(FAMILIES)
+        if bad:
+            msg = f"grain_families names unknown families {sorted(bad)}; known: {list(FAMILIES)}"
             raise ValueError(msg)
         not_props = set(self.proportion_metrics) - set(PROPORTIONS)
         if not_props:
@@ -231,6 +258,10 @@ class DetectorConfig:
     def version(self) -> str:
         """Hash of the algorithm version and every setting: state saved under another is stale."""
         return hashlib.sha256(f"{ALGORITHM_VERSION}|{self!r}".encode()).hexdigest()[:16]
+
+    def families(self, grain: str) -> frozenset[str]:
+        """Detector families that run on ``grain`` (every family unless configured)."""
+        return frozenset(self.grain_families.get(grain, FAMILIES))
 
     def budget_per_day(self, tenant: str) -> float | None:
         """Daily budget of ``tenant`` (its own, else the default, else None)."""

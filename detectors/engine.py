@@ -64,6 +64,10 @@ class _Window:
     row: Mapping[str, Any] = field(default_factory=dict)
     children: Sequence[Mapping[str, Any]] = ()
     child_signals: ChildSignals = field(default_factory=list)
+    t: float = 0.0  # start as epoch seconds, computed once per window (not once per watch)
+
+    def __post_init__(self) -> None:
+        self.t = self.start.timestamp()
 
 
 class SeriesDetector:
@@ -154,6 +158,23 @@ class SeriesDetector:
         cfg = self.config
         self.grain = str(row.get("grain") or "")
         self.dimensions = row_dimensions(row)
+        families = cfg.families(self.grain)
+        if "level_shift" in families:
+            self._setup_level_shifts()
+        if "proportion_shift" in families:
+            self._setup_proportions()
+        if "drift" in families:
+            self._setup_drift()
+        if "threshold" in families:
+            self._setup_rules()
+        tenant = self.dimensions.get("tenant")
+        if "budget_burn" in families and self.grain == cfg.budget_grain and tenant is not None:
+            day, hour = cfg.budget_per_day(tenant), cfg.budget_per_hour(tenant)
+            if day or hour:
+                self._budget = BudgetBurn(day, hour, cfg.budget_min_spent_fraction)
+
+    def _setup_level_shifts(self) -> None:
+        cfg = self.config
         for metric, direction in cfg.level_shift_metrics.items():
             self._add(
                 LevelShiftWatch(
@@ -169,6 +190,9 @@ class SeriesDetector:
                 ),
                 cfg.level_shift_policy,
             )
+
+    def _setup_proportions(self) -> None:
+        cfg = self.config
         for metric in cfg.proportion_metrics:
             self._add(
                 ProportionWatch(
@@ -176,6 +200,18 @@ class SeriesDetector:
                 ),
                 cfg.proportion_policy,
             )
+
+    def _setup_rules(self) -> None:
+        cfg = self.config
+        for rule in cfg.rules:
+            if rule.grains is None or self.grain in rule.grains:
+                pol = PolicyParams(
+                    rule.for_windows, cfg.rule_resolve_after, cfg.rule_cooldown, strict_pending=True
+                )
+                self._add(ThresholdWatch(rule), pol, alert_metric=rule.name)
+
+    def _setup_drift(self) -> None:
+        cfg = self.config
         for metric in cfg.drift_metrics:
             self._add(
                 DriftWatch(
@@ -188,17 +224,6 @@ class SeriesDetector:
                 ),
                 cfg.drift_policy,
             )
-        for rule in cfg.rules:
-            if rule.grains is None or self.grain in rule.grains:
-                pol = PolicyParams(
-                    rule.for_windows, cfg.rule_resolve_after, cfg.rule_cooldown, strict_pending=True
-                )
-                self._add(ThresholdWatch(rule), pol, alert_metric=rule.name)
-        tenant = self.dimensions.get("tenant")
-        if self.grain == cfg.budget_grain and tenant is not None:
-            day, hour = cfg.budget_per_day(tenant), cfg.budget_per_hour(tenant)
-            if day or hour:
-                self._budget = BudgetBurn(day, hour, cfg.budget_min_spent_fraction)
 
     def _add(self, watch: Watch, policy: PolicyParams, alert_metric: str | None = None) -> None:
         metric = alert_metric or watch.metric
@@ -209,7 +234,7 @@ class SeriesDetector:
         self, w: _Watched, signals: Mapping[str, Signal], win: _Window, calls: int
     ) -> Alert | None:
         sig = signals.get(w.watch.metric)
-        t = win.start.timestamp()
+        t = win.t
         if sig is None:
             if win.row:  # traffic but no evidence (pooling, no parse attempts): hold
                 return None

@@ -229,11 +229,14 @@ class ReleaseWatch:
         if inc is None:
             return []
         if not self._judged:
+            # Judge the early totals at every window of the comparison period once there are
+            # enough calls (not only at the first such window: a regression whose first few
+            # events arrive a little late must not escape for good); each metric fires once.
+            self._judged = v.early.windows >= self.params.compare_windows
             if v.early.calls() < self.params.min_calls:
-                self._judged = v.early.windows >= self.params.compare_windows
                 return []
-            self._judged = True
-            return [self._fire(m, v, inc, start, end) for m in self._regressions(v.early, inc)]
+            new = [m for m in self._regressions(v.early, inc) if m not in self._open]
+            return [self._fire(m, v, inc, start, end) for m in new]
         regressed = set(self._regressions(v.recent, inc))
         return [
             a

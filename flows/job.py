@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from spanpulse.config import Settings, detector_config, load
 from spanpulse.detectors.engine import SeriesDetector
-from spanpulse.detectors.series_bank import DetectorBank
+from spanpulse.detectors.grain_detectors import GrainDetectors
 from spanpulse.flows.detect import attach_detectors
 from spanpulse.flows.rollup import FlowParams, FlowSinks, build_flow
 from spanpulse.schemas.aggregate import Aggregator
@@ -105,6 +105,8 @@ def build_job(
         cardinality_limits=dict(settings.cardinality.limits),
         series_limit=settings.cardinality.series_limit,
         exemplars=settings.rollups.exemplars,
+        dedup_horizon_ms=settings.dedup.horizon_ms,
+        dedup_max_ids=settings.dedup.max_ids,
     )
     sinks = FlowSinks(
         rollups=RollupSink(RollupWriter(Path(settings.rollups.output_dir))),
@@ -127,13 +129,13 @@ def _detection(
     dims = {g.name: g.dims for g in settings.rollups.grains}
     firing: dict[str, Counter[tuple[str, str]]] = {}
 
-    def make_bank(grain: str) -> DetectorBank:
-        return DetectorBank(
-            dims[grain], factory=functools.partial(SeriesDetector, config), version=config.version
+    def make_bank(grain: str) -> GrainDetectors:
+        return GrainDetectors.build(
+            dims[grain], config, factory=functools.partial(SeriesDetector, config)
         )
 
-    def on_firing(bank: DetectorBank) -> None:
-        firing[".".join(bank.grain_dims)] = Counter(bank.firing)
+    def on_firing(bank: GrainDetectors) -> None:
+        firing[".".join(bank.series.grain_dims)] = Counter(bank.firing)
         total: Counter[tuple[str, str]] = Counter()
         for c in firing.values():
             total.update(c)
@@ -150,6 +152,7 @@ def _detection(
         attach_detectors(
             flow, windows, grains=[g.dims for g in settings.rollups.grains],
             make_bank=make_bank, alerts=sink, on_firing=on_firing,
+            on_inhibited=metrics.count_alerts_inhibited,
         )  # fmt: skip
 
     return attach

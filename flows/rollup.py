@@ -1,12 +1,14 @@
 """The rollup dataflow: Kafka batches to Parquet rollups, detectors and metrics.
 
-Kafka batches -> decode + pre-aggregate -> windows closed by the slowest partition -> cardinality
-limit -> Parquet (and, downstream, detectors and metrics).
+Kafka batches -> decode -> (per partition) drop spans seen before + pre-aggregate -> windows
+closed by the slowest partition -> cardinality limit -> Parquet (and, downstream, detectors and
+metrics).
 
 Only wiring lives here.  Every step calls a named, unit-tested object from ``spanpulse.schemas``:
-``BatchProcessor`` (decode + pre-aggregate), ``PartitionTracker`` (per-partition watermark, late
-split), ``WindowCloser`` (global minimum, close orders), ``WindowState`` + ``Aggregator`` (merge,
-finalize).  See ``schemas/progress.py`` for why windows are keyed by window rather than by tenant.
+``BatchProcessor`` (decode, pre-aggregate), ``SeenSpanIds`` (cross-batch de-duplication, keyed
+by partition so Bytewax snapshots it with the source offsets), ``PartitionTracker``
+(per-partition watermark, late split), ``WindowCloser`` (global minimum, close orders),
+``WindowState`` + ``Aggregator`` (merge, finalize).  See ``schemas/progress.py`` for why windows are keyed by window rather than by tenant.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
 from spanpulse.schemas.aggregate import Aggregator
-from spanpulse.schemas.batch import BatchProcessor, PartialBatch, RawBatch
+from spanpulse.schemas.batch import BatchProcessor, PartialBatch, RawBatch, RecordBatch
 from spanpulse.schemas.cardinality import CardinalityLimiter
+from spanpulse.schemas.dedup import SeenSpanIds, state_version
 from spanpulse.schemas.progress import (
     CloseOrder,
     PartitionTracker,
@@ -101,6 +104,8 @@ class FlowParams:
     cardinality_limits: Mapping[str, int] = field(default_factory=dict)
     series_limit: int = 5000
     exemplars: int = 3
+    dedup_horizon_ms: int = 0  # 0: copies are dropped within a batch only
+    dedup_max_ids: int = 1_000_000
 
 
 def build_flow(
@@ -111,12 +116,15 @@ def build_flow(
     obs = sinks.observer
     flow = Dataflow(flow_id)
     raw = op.input("kafka_in", flow, source)
-    batches = op.map("decode_and_preaggregate", raw, params.processor.process)
+    decoded = op.map("decode", raw, params.processor.decode)
+    records = op.map("key_by_partition", decoded, _key_by_partition)
+    # De-duplication state is keyed by partition: snapshotted in the same epoch as the offsets.
+    by_partition = op.stateful_map("dedup_and_preaggregate", records, _DedupStep(params))
+    batches = op.map("drop_batch_key", by_partition, _value)
     op.inspect("observe_batch", batches, lambda _s, b: obs.on_batch(b))
     dead = op.flat_map("dead_letters", batches, lambda b: b.dead_letters)
     op.output("dead_letter_out", dead, sinks.dead_letters)
 
-    by_partition = op.map("key_by_partition", batches, _key_by_partition)
     # Window-shaped state is versioned by the window length: a changed length starts it fresh
     # instead of misreading old windows (see docs/reliability.md, "Changing the configuration").
     v = f"w{params.window_ms}"
@@ -163,7 +171,7 @@ class Routed:
     payload: Any
 
 
-def _key_by_partition(batch: PartialBatch) -> tuple[str, PartialBatch]:
+def _key_by_partition(batch: RecordBatch) -> tuple[str, RecordBatch]:
     return batch.partition_id, batch
 
 
@@ -177,6 +185,23 @@ def _keyed(r: Routed) -> tuple[str, Any]:
 
 def _tag_final(rows: pl.DataFrame) -> tuple[str, pl.DataFrame]:
     return "final", rows
+
+
+@dataclass
+class _DedupStep:
+    params: FlowParams
+
+    def __call__(
+        self, state: SeenSpanIds | None, batch: RecordBatch
+    ) -> tuple[SeenSpanIds | None, PartialBatch]:
+        p = self.params
+        if p.dedup_horizon_ms <= 0:  # off: drop any restored state
+            return None, p.processor.preaggregate(batch)
+        if state is None or state.version != state_version():  # another hash: start fresh
+            state = SeenSpanIds(p.dedup_horizon_ms, p.dedup_max_ids)
+        elif (state.horizon_ms, state.max_ids) != (p.dedup_horizon_ms, p.dedup_max_ids):
+            state.configure(p.dedup_horizon_ms, p.dedup_max_ids)  # the current config wins
+        return state, p.processor.preaggregate(batch, state)
 
 
 @dataclass

@@ -594,6 +594,11 @@ class Metrics:
             "spanpulse_alerts_published_total", "Alert events published.", ["status"],
             registry=r,
         )  # fmt: skip
+        self.alerts_inhibited = Counter(
+            "spanpulse_alerts_inhibited_total",
+            "Firing alerts held back because an open, coarser alert explains them.",
+            registry=r,
+        )
 
     # ------------------------------------------------------------------ LLM signals
 
@@ -682,6 +687,11 @@ class Metrics:
     def set_broker_up(self, up: bool) -> None:
         """Record whether the Kafka broker is reachable."""
         self.broker_up.set(1 if up else 0)
+
+    def count_alerts_inhibited(self, n: int) -> None:
+        """Count firing alerts held back by inhibition (see ``detectors/inhibit.py``)."""
+        if n:
+            self.alerts_inhibited.inc(n)
 
     def count_alerts_published(self, status: str, n: int) -> None:
         """Count alert events published, by status (e.g. firing, resolved)."""

@@ -26,6 +26,7 @@ def test_defaults_are_valid_and_documented_values():
         "tenant.model",
         "model",
         "feature.prompt_version",
+        "feature.prompt_version.model",
     ]
     assert s.kafka.alert_topic == "spanpulse.alerts"
 
@@ -127,3 +128,37 @@ def test_tenant_hashing_needs_a_salt_and_resolves_it_from_env(monkeypatch):
     monkeypatch.setenv("SP_SALT", "pepper")
     s = from_mapping({"privacy": {"hash_tenant_ids": True, "tenant_salt": "env:SP_SALT"}})
     assert s.hash_tenant_ids and s.tenant_salt == "pepper"
+
+
+def test_threshold_rules_and_grain_families_come_from_config() -> None:
+    from spanpulse.config import detector_config
+
+    s = from_mapping({"detectors": {
+        "rules": [{"metric": "length_share", "op": ">", "value": 0.1, "for": 2, "grains": ["model"]}],
+        "grain_families": {"tenant": ["proportion_shift"]},
+        "level_shift_min_change": 0.5,
+    }})  # fmt: skip
+    cfg = detector_config(s.detectors)
+    (rule,) = cfg.rules
+    assert (rule.metric, rule.op, rule.value, rule.for_windows, rule.grains) == (
+        "length_share", ">", 0.1, 2, ("model",),
+    )  # fmt: skip
+    assert cfg.families("tenant") == {"proportion_shift"}
+    assert cfg.families("tenant.model") == {"proportion_shift"}  # defaults kept per grain
+    assert cfg.level_shift_min_change == 0.5
+
+
+@pytest.mark.parametrize(
+    ("detectors", "needle"),
+    [
+        ({"rules": [{"metric": "nope", "op": ">", "value": 1}]}, "not a known signal"),
+        ({"rules": [{"metric": "length_share", "value": 1}]}, "missing op"),
+        ({"rules": [{"metric": "length_share", "op": ">", "value": 1, "severity": "x"}]}, "severity"),
+        ({"rules": [{"metric": "length_share", "op": ">", "value": 1, "fro": 2}]}, "fro"),
+        ({"grain_families": {"tenant": ["levelshift"]}}, "unknown families"),
+    ],
+)
+def test_bad_detector_rules_are_one_line_errors(detectors: dict, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle) as err:
+        from_mapping({"detectors": detectors})
+    assert "\n" not in str(err.value)

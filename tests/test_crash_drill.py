@@ -11,7 +11,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 def test_kill_9_and_restart_gives_identical_rollups(broker, tmp_path):
     res = drill(
-        broker.bootstrap, tmp_path, kills=3, seed=7, minutes=30, rate=12.0, kill_after=(4.0, 7.0)
+        broker.bootstrap, tmp_path, kills=3, seed=7, minutes=30, rate=12.0
     )
     assert res.kills == 3, f"the stream ended before 3 kills: {res}"
     assert res.baseline_rows > 0

@@ -284,6 +284,7 @@ def test_every_grain_has_the_same_totals(e2e):
         "tenant.model",
         "model",
         "feature.prompt_version",
+        "feature.prompt_version.model",
     }
     assert len({(r["calls"], r["cost"]) for r in rows}) == 1
 
