@@ -8,7 +8,8 @@ Only wiring lives here.  Every step calls a named, unit-tested object from ``spa
 ``BatchProcessor`` (decode, pre-aggregate), ``SeenSpanIds`` (cross-batch de-duplication, keyed
 by partition so Bytewax snapshots it with the source offsets), ``PartitionTracker``
 (per-partition watermark, late split), ``WindowCloser`` (global minimum, close orders),
-``WindowState`` + ``Aggregator`` (merge, finalize).  See ``schemas/progress.py`` for why windows are keyed by window rather than by tenant.
+``WindowState`` + ``Aggregator`` (merge, finalize).  See ``schemas/progress.py`` for why windows
+are keyed by window rather than by tenant.
 """
 
 from __future__ import annotations
@@ -197,6 +198,7 @@ class _DedupStep:
         p = self.params
         if p.dedup_horizon_ms <= 0:  # off: drop any restored state
             return None, p.processor.preaggregate(batch)
+        # The state pickles SeenSpanIds by class path: moving it means a new step id.
         if state is None or state.version != state_version():  # another hash: start fresh
             state = SeenSpanIds(p.dedup_horizon_ms, p.dedup_max_ids)
         elif (state.horizon_ms, state.max_ids) != (p.dedup_horizon_ms, p.dedup_max_ids):

@@ -61,7 +61,7 @@ class PartialBatch:
     seconds: float = 0.0
     caught_up: bool = True
     seen_ids: int = 0  # ids the partition's de-duplication remembers after this batch
-    forgotten_ids: int = 0  # of which forgotten early (max_ids bound), since the job started
+    forgotten_ids: int = 0  # ids forgotten early (max_ids bound) since the partition's state began
 
 
 @dataclass(frozen=True)
