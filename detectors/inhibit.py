@@ -24,8 +24,9 @@ and its per-tenant symptoms are held back.  A covered alert is not published; it
 ``resolved`` is not published either.  If the covering alert resolves while a covered one is
 still firing ``release_after`` windows later, the covered one is published then (the symptom
 outlived its cause and now deserves its own page); the grace period absorbs the usual
-difference in how fast detectors of different grains resolve.  Release-regression and budget alerts are never covered: they carry
-information (the version comparison, the money) no other alert has.
+difference in how fast detectors of different grains resolve.  Release-regression and budget
+alerts are never covered: they carry information (the version comparison, the money) no
+other alert has.
 
 Pure and deterministic; the state is small (open and held alerts) and picklable.
 """
