@@ -108,7 +108,9 @@ def test_outage_mid_stream_then_recovery_loses_and_duplicates_nothing(tmp_path):
                 producer.flush()
                 del producer
                 total = first.height + second.height
-                ok = _wait(lambda: _calls_in(out) == total, 150)  # last window: next minute + idle timeout
+                ok = _wait(
+                    lambda: _calls_in(out) == total, 150
+                )  # last window: next minute + idle timeout
                 assert ok, (_calls_in(out), total)
                 assert _metric(mport, "spanpulse_late_spans_total") in (None, 0.0)
                 assert _metric(mport, "spanpulse_broker_up") == 1.0

@@ -153,7 +153,10 @@ def test_threshold_rules_and_grain_families_come_from_config() -> None:
     [
         ({"rules": [{"metric": "nope", "op": ">", "value": 1}]}, "not a known signal"),
         ({"rules": [{"metric": "length_share", "value": 1}]}, "missing op"),
-        ({"rules": [{"metric": "length_share", "op": ">", "value": 1, "severity": "x"}]}, "severity"),
+        (
+            {"rules": [{"metric": "length_share", "op": ">", "value": 1, "severity": "x"}]},
+            "severity",
+        ),
         ({"rules": [{"metric": "length_share", "op": ">", "value": 1, "fro": 2}]}, "fro"),
         ({"grain_families": {"tenant": ["levelshift"]}}, "unknown families"),
     ],

@@ -10,9 +10,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_kill_9_and_restart_gives_identical_rollups(broker, tmp_path):
-    res = drill(
-        broker.bootstrap, tmp_path, kills=3, seed=7, minutes=30, rate=12.0
-    )
+    res = drill(broker.bootstrap, tmp_path, kills=3, seed=7, minutes=30, rate=12.0)
     assert res.kills == 3, f"the stream ended before 3 kills: {res}"
     assert res.baseline_rows > 0
     # The last run must have resumed from the recovery store, not re-read everything.
