@@ -172,7 +172,49 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--keep-duplicates", action="store_true", help="print re-deliveries of the same alert id"
     )
+    _add_evaluate_parser(sub)
     return p
+
+
+def _add_evaluate_parser(sub: Any) -> None:
+    """``spanpulse evaluate``: the built-in evaluation of the detectors (see docs/evaluation.md)."""
+    e = sub.add_parser(
+        "evaluate",
+        help="run the job over labelled scenarios; report recall, precision, time to detect",
+    )
+    e.add_argument(
+        "scenarios",
+        nargs="*",
+        type=Path,
+        help="scenario TOML files (default: scenarios/all_incidents.toml scenarios/baseline.toml)",
+    )
+    e.add_argument(
+        "--output",
+        type=Path,
+        default=Path("docs/evaluation-results.md"),
+        help="Markdown results file (default docs/evaluation-results.md)",
+    )
+    e.add_argument(
+        "--json", type=Path, dest="json_out", help="also write every detail as JSON here"
+    )
+    e.add_argument(
+        "--config", type=Path, help="job config TOML to evaluate (default: built-in defaults)"
+    )
+    e.add_argument("--tenants", type=int, help="override the scenarios' tenants (quick runs)")
+    e.add_argument(
+        "--rate", type=_positive_float, help="override the scenarios' calls/s (quick runs)"
+    )
+    e.add_argument(
+        "--duration",
+        type=_duration_s,
+        help="override the scenarios' duration; drops incidents that no longer fit (quick runs)",
+    )
+    e.add_argument(
+        "--encoding",
+        choices=("span_json", "otlp_proto"),
+        default="span_json",
+        help="wire format the traffic is produced in (default span_json)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -192,6 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "generate": cmd_generate,
         "query": cmd_query,
         "alerts": cmd_alerts,
+        "evaluate": cmd_evaluate,
     }
     try:
         return handlers[args.command](args)
@@ -457,6 +500,20 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(alert) + "\n")
         sys.stdout.flush()
     return 0
+
+
+# ------------------------------------------------------------------------------------ evaluate
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``spanpulse evaluate``: thin shim over :mod:`spanpulse.evaluate`."""
+    from spanpulse.evaluate import EvaluateError, run_from_args
+    from spanpulse.schemas.scenario import ScenarioError
+
+    try:
+        return run_from_args(args)
+    except (EvaluateError, ScenarioError) as err:
+        raise UserError(str(err)) from err
 
 
 # ---------------------------------------------------------------------------------------- demo

@@ -479,6 +479,7 @@ DETECTOR_KEYS: Final = {
     "level_shift_min_change": float,
     "level_shift_min_calls": int,
     "level_shift_min_history": int,
+    "level_shift_unseasoned_ratio": float,
     "proportion_threshold": float,
     "drift_threshold": float,
     "drift_min_change": float,

@@ -187,6 +187,7 @@ class SeriesDetector:
                     cfg.level_shift_min_change,
                     metric in cfg.level_shift_seasonal_metrics,
                     cfg.level_shift_min_calls,
+                    cfg.level_shift_unseasoned_ratio,
                 ),
                 cfg.level_shift_policy,
             )

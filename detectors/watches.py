@@ -70,6 +70,7 @@ class LevelShiftWatch:
     min_change: float = 0.0
     needs_season: bool = False
     min_calls: int = 0
+    unseasoned_ratio: float = 0.0
     family: Family = "level_shift"
     scorer: LevelShift = field(init=False)
 
@@ -91,10 +92,19 @@ class LevelShiftWatch:
         material = _material(x, expected, self.min_change, self.direction)
         unusual = p_to_score(j.p_point) >= self.resolve or score >= self.threshold
         details: dict[str, float | int | str] = {"z": round(j.z, 3)}
+        # Before a full daily cycle is learned, a volume signal is trusted only for a jump of
+        # ``unseasoned_ratio`` x its baseline: no working-day ramp multiplies traffic that much
+        # between two windows, a runaway agent loop does.
+        huge = (
+            self.unseasoned_ratio > 0.0
+            and expected is not None
+            and expected > 0.0
+            and x >= self.unseasoned_ratio * expected
+        )
         trusted = (
             self.scorer.observations >= self.min_history
             and calls >= self.min_calls
-            and (not self.needs_season or self.scorer.season_ready(t))
+            and (not self.needs_season or huge or self.scorer.season_ready(t))
         )
         return Assessment(
             score,

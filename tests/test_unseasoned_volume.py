@@ -1,0 +1,31 @@
+"""Volume level shifts before a daily cycle is learned: only a huge jump is trusted."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from spanpulse.detectors.level_shift import LevelShiftParams
+from spanpulse.detectors.watches import LevelShiftWatch
+
+
+def _watch(ratio: float) -> LevelShiftWatch:
+    w = LevelShiftWatch("call_rate", LevelShiftParams(), "both", 0.3, 0.2, min_history=60,
+                        min_change=0.3, needs_season=True, min_calls=20, unseasoned_ratio=ratio)  # fmt: skip
+    rng = np.random.default_rng(0)
+    for i in range(120):  # two hours: far from a learned day
+        w.learn(float(rng.poisson(100)), 60.0 * i)
+    return w
+
+
+def test_tenfold_jump_is_trusted_before_a_day_is_learned() -> None:
+    assert _watch(5.0).assess(1000.0, 60.0 * 120, 1000).trigger
+
+
+def test_moderate_jump_waits_for_the_daily_profile() -> None:
+    w = _watch(5.0)
+    a = w.assess(400.0, 60.0 * 120, 400)  # 4x: significant, below the 5x bar
+    assert a.score >= 0.3 and not a.trigger  # significant, but a morning ramp could do it
+
+
+def test_ratio_zero_keeps_the_old_rule() -> None:
+    assert not _watch(0.0).assess(1000.0, 60.0 * 120, 1000).trigger
