@@ -186,7 +186,7 @@ def _add_evaluate_parser(sub: Any) -> None:
         "scenarios",
         nargs="*",
         type=Path,
-        help="scenario TOML files (default: scenarios/all_incidents.toml scenarios/baseline.toml)",
+        help="scenario TOML files (default: scenarios/all_incidents.toml scenarios/baseline.toml scenarios/baseline_day.toml)",
     )
     e.add_argument(
         "--output",
@@ -417,9 +417,11 @@ def generate_to_kafka(args: argparse.Namespace, client: dict[str, str]) -> dict[
         if args.labels_out:
             labels = [lab.to_dict() for lab in scenario.labels()]
             args.labels_out.write_text(json.dumps(labels, indent=2))
+    from spanpulse.schemas.traffic import in_end_time_order
+
     calls = messages = 0
     t0 = time.monotonic()
-    for chunk in chunks:
+    for chunk in in_end_time_order(iter(chunks)):
         values = encode_calls(chunk, args.encoding, convention=args.convention)
         messages += producer.send(args.topic, values)
         calls += chunk.height

@@ -57,6 +57,7 @@ PACKAGE_DIR: Final = Path(__file__).resolve().parent
 DEFAULT_SCENARIOS: Final = (
     PACKAGE_DIR / "scenarios" / "all_incidents.toml",
     PACKAGE_DIR / "scenarios" / "baseline.toml",
+    PACKAGE_DIR / "scenarios" / "baseline_day.toml",
 )
 DEFAULT_OUTPUT: Final = Path("docs/evaluation-results.md")
 ENCODINGS: Final = ("span_json", "otlp_proto")

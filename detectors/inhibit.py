@@ -16,7 +16,12 @@ metric without a rule's operator: ``length_share>0.05`` is ``length_share``) whe
    ``tenant=acme, model=gpt-4o``; or
 3. ``A``'s top contributor (the child series that explains most of its change) has every
    dimension of ``B`` -- a tenant whose length-share jump is mostly its ``gpt-4o`` calls is
-   covered by the ``gpt-4o`` alert.
+   covered by the ``gpt-4o`` alert; or
+4. ``A`` is a per-tenant alert without contributors and ``B`` a fleet-level one (no
+   ``tenant`` dimension): while ``feature=agent``'s context fill is creeping up, the tenants
+   whose fill creeps with it are its symptoms, and with no breakdown pointing at another
+   cause there is nothing to tell them apart from it.  A per-tenant alert whose contributors
+   point elsewhere is not held by this rule.
 
 Within one window, alerts are considered coarse grain first (grains without ``tenant``
 before grains with it, then fewer dimensions first), so the fleet-level cause is published
@@ -139,6 +144,8 @@ class Inhibitor:
             if same_series and o.detector != a.detector:
                 return fp
             if not same_series and (_strict_subset(other, dims) or _subset(other, top)):
+                return fp
+            if not top and "tenant" in dims and "tenant" not in other:
                 return fp
         return None
 

@@ -110,3 +110,13 @@ def test_gate_waits_for_every_grain_and_survives_pickle() -> None:
     gate = pickle.loads(pickle.dumps(gate))
     assert gate.add("w0", [MODEL]) == [MODEL]
     assert gate.pending == {} and gate.reported == {}
+
+
+def test_fleet_alert_holds_tenant_alerts_without_a_breakdown_but_not_other_causes() -> None:
+    fleet = _alert("feature.prompt_version", {"feature": "agent", "prompt_version": "v3"},
+                   metric="context_fill_p95", detector="drift")  # fmt: skip
+    bare = _alert("tenant", {"tenant": "acme"}, metric="context_fill_p95", detector="drift")
+    elsewhere = _alert("tenant", {"tenant": "beta"}, metric="context_fill_p95", detector="drift",
+                       top={"tenant": "beta", "model": "o3"})  # fmt: skip
+    out = Inhibitor().process([bare, elsewhere, fleet])
+    assert [a.dimensions for a in out] == [fleet.dimensions, elsewhere.dimensions]
