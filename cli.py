@@ -186,7 +186,7 @@ def _add_evaluate_parser(sub: Any) -> None:
         "scenarios",
         nargs="*",
         type=Path,
-        help="scenario TOML files (default: scenarios/all_incidents.toml scenarios/baseline.toml scenarios/baseline_day.toml)",
+        help="scenario TOML files (default: all_incidents, baseline and baseline_day in scenarios/)",
     )
     e.add_argument(
         "--output",
