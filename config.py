@@ -83,12 +83,14 @@ class Grain:
         return ".".join(self.dims)
 
 
-#: ``feature.prompt_version.model`` is the breakdown that tells whether a prompt version's
-#: change comes from one model (then the model's own alert covers it, see
-#: ``detectors/inhibit.py``); no detector watches it by default (``grain_families``).
+#: ``tenant.feature`` and ``feature.prompt_version.model`` are breakdowns: they tell which
+#: feature (or model) drives a tenant's (or a prompt version's) change, so alerts name it in
+#: ``contributors`` and inhibition can tie them to the feature's or model's own alert (see
+#: ``detectors/inhibit.py``); no detector watches them by default (``grain_families``).
 DEFAULT_GRAINS: Final = (
     Grain(("tenant",)),
     Grain(("tenant", "model")),
+    Grain(("tenant", "feature")),
     Grain(("model",)),
     Grain(("feature", "prompt_version")),
     Grain(("feature", "prompt_version", "model")),

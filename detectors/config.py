@@ -136,10 +136,12 @@ FAMILIES: Final = ("level_shift", "proportion_shift", "drift", "threshold", "bud
 #: proportions -- a refusal spike of one tenant on one model is its job -- and leaves volume,
 #: percentiles, drift and absolute rules to the coarser grains, where they are less noisy and
 #: where its rows still appear as contributors.  This also keeps the detection cost in line
-#: with the number of tenants rather than tenants x models.  ``feature.prompt_version.model``
-#: only supplies contributors (which model drives a prompt version's change).
+#: with the number of tenants rather than tenants x models.  ``tenant.feature`` and
+#: ``feature.prompt_version.model`` only supply contributors (which feature drives a tenant's
+#: change, which model a prompt version's).
 DEFAULT_GRAIN_FAMILIES: Final[Mapping[str, tuple[str, ...]]] = {
     "tenant.model": ("proportion_shift",),
+    "tenant.feature": (),  # contributors of tenant only
     "feature.prompt_version.model": (),  # contributors of feature.prompt_version only
 }
 

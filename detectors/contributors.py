@@ -11,7 +11,9 @@ ranked by its *excess over its own normal*, not by its size.
 * Other values (percentiles, per-call means): ``excess = (value - baseline) * calls``,
   weighted by the child's share of calls.
 
-``share`` is the child's excess over the total positive excess of all children.  A child
+``share`` is the child's excess over the total positive excess of all children of its
+breakdown (when a parent has several, e.g. by model and by feature, the one whose top child
+explains the most is reported).  A child
 never seen before has a zero baseline for additive signals (it explains all it adds) and
 the parent's rate for proportions.  Child baselines learn only while the parent is calm,
 at most ``max_children`` are kept (least recently seen dropped), so memory is bounded.
@@ -81,19 +83,31 @@ class ChildBaselines:
         parent_rate: float | None,
         limit: int,
     ) -> list[Contributor]:
-        """Rank children by their excess in ``name``; return the top ``limit`` positive ones."""
-        rows: list[tuple[float, Contributor]] = []
+        """Rank children by their excess in ``name``; return the top ``limit`` positive ones.
+
+        Children may come from several breakdowns (``tenant.model`` and ``tenant.feature``
+        rows of one tenant): each breakdown is ranked on its own, since each one splits the
+        same calls, and the breakdown whose top child explains the largest share wins -- the
+        alert names the model *or* the feature that drove the change, whichever explains more.
+        """
+        groups: dict[tuple[str, ...], list[tuple[float, Contributor]]] = {}
         for key, signals, calls in children:
             sig = signals.get(name)
             if sig is None:
                 continue
             excess, expected = self._excess(key, name, sig, additive, calls, parent_rate)
-            rows.append((excess, _contributor(key, sig, expected, calls)))
-        total = sum(e for e, _ in rows if e > 0)
-        if total <= 0:
-            return []
-        ranked = sorted((r for r in rows if r[0] > 0), key=lambda r: -r[0])[:limit]
-        return [_with_share(c, e / total) for e, c in ranked]
+            group = groups.setdefault(tuple(d for d, _ in key), [])
+            group.append((excess, _contributor(key, sig, expected, calls)))
+        best: list[Contributor] = []
+        for rows in groups.values():
+            total = sum(e for e, _ in rows if e > 0)
+            if total <= 0:
+                continue
+            ranked = sorted((r for r in rows if r[0] > 0), key=lambda r: -r[0])[:limit]
+            shares = [_with_share(c, e / total) for e, c in ranked]
+            if not best or (shares[0].share or 0.0) > (best[0].share or 0.0):
+                best = shares
+        return best
 
     def _excess(
         self,

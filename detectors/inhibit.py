@@ -14,9 +14,12 @@ metric without a rule's operator: ``length_share>0.05`` is ``length_share``) whe
    a rule and a proportion shift seeing the same jump are one alert; or
 2. ``B``'s dimensions are a strict subset of ``A``'s -- ``model=gpt-4o`` covers
    ``tenant=acme, model=gpt-4o``; or
-3. ``A``'s top contributor (the child series that explains most of its change) has every
-   dimension of ``B`` -- a tenant whose length-share jump is mostly its ``gpt-4o`` calls is
-   covered by the ``gpt-4o`` alert; or
+3. ``A``'s top contributor (the child series that explains most of its change) blames what
+   ``B`` is about: the dimension the breakdown adds (``model=gpt-4o`` in the contributor
+   ``tenant=acme, model=gpt-4o``) has ``B``'s value, ``B`` agrees with ``A`` on the dimensions
+   they share and ``B`` is not on a finer grain -- a tenant whose length-share jump is mostly
+   its ``gpt-4o`` calls is covered by the ``gpt-4o`` alert, one whose context-fill creep is
+   mostly its ``feature=agent`` calls by the ``feature=agent, prompt_version=v21`` alert; or
 4. ``A`` is a per-tenant alert without contributors and ``B`` a fleet-level one (no
    ``tenant`` dimension): while ``feature=agent``'s context fill is creeping up, the tenants
    whose fill creeps with it are its symptoms, and with no breakdown pointing at another
@@ -143,11 +146,30 @@ class Inhibitor:
             same_series = o.grain == a.grain and other == dims
             if same_series and o.detector != a.detector:
                 return fp
-            if not same_series and (_strict_subset(other, dims) or _subset(other, top)):
+            if same_series:
+                continue
+            if _strict_subset(other, dims) or _blames(top, dims, other, o.grain, a.grain):
                 return fp
             if not top and "tenant" in dims and "tenant" not in other:
                 return fp
         return None
+
+
+def _blames(
+    top: Mapping[str, str],
+    dims: Mapping[str, str],
+    other: Mapping[str, str],
+    other_grain: str,
+    grain: str,
+) -> bool:
+    """Whether a contributor ``top`` of an alert on ``dims`` points at the open alert ``other``."""
+    added = {k: v for k, v in top.items() if k not in dims}
+    return (
+        bool(added)
+        and grain_rank(other_grain) <= grain_rank(grain)
+        and all(other.get(k) == v for k, v in added.items())
+        and all(dims[k] == v for k, v in other.items() if k in dims)
+    )
 
 
 def _subset(small: Mapping[str, str], big: Mapping[str, str]) -> bool:

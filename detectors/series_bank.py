@@ -49,15 +49,12 @@ class SeriesDetectorLike(Protocol):
         ...
 
 
-def child_grain(
+def child_grains(
     grain_dims: Sequence[str], grains: Sequence[Sequence[str]]
-) -> tuple[str, ...] | None:
-    """Return the first configured grain that refines ``grain_dims`` by exactly one dimension."""
+) -> list[tuple[str, ...]]:
+    """Return every configured grain that refines ``grain_dims`` by exactly one dimension."""
     parent = set(grain_dims)
-    for dims in grains:
-        if len(dims) == len(grain_dims) + 1 and parent < set(dims):
-            return tuple(dims)
-    return None
+    return [tuple(d) for d in grains if len(d) == len(grain_dims) + 1 and parent < set(d)]
 
 
 @dataclass

@@ -19,7 +19,7 @@ from bytewax.outputs import Sink
 
 from spanpulse.detectors.grain_detectors import GrainDetectors
 from spanpulse.detectors.inhibit import WindowGate
-from spanpulse.detectors.series_bank import child_grain
+from spanpulse.detectors.series_bank import child_grains
 from spanpulse.schemas.alert import Alert
 
 #: One grain's share of a closed window: (window key, grain, its rows, its child grain's rows).
@@ -31,7 +31,7 @@ INHIBIT_KEY = "inhibit"
 
 
 def split_for_detection(window: pl.DataFrame, grains: Sequence[Sequence[str]]) -> list[Split]:
-    """Split one window's rows by grain, each with the rows of its child grain (if any).
+    """Split one window's rows by grain, each with the rows of its child grains (if any).
 
     Every configured grain gets an item, with no rows if the window had none of it, because
     inhibition waits for every grain's report of a window.
@@ -42,8 +42,8 @@ def split_for_detection(window: pl.DataFrame, grains: Sequence[Sequence[str]]) -
     for dims in grains:
         name = ".".join(dims)
         rows = by_grain.get(name, window.clear())
-        child = child_grain(dims, grains)
-        kids = by_grain.get(".".join(child)) if child else None
+        parts = [by_grain[n] for c in child_grains(dims, grains) if (n := ".".join(c)) in by_grain]
+        kids = pl.concat(parts, how="vertical_relaxed") if parts else None
         out.append((name, (key, name, rows, kids)))
     return out
 

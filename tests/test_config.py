@@ -24,6 +24,7 @@ def test_defaults_are_valid_and_documented_values():
     assert [g.name for g in s.rollups.grains] == [
         "tenant",
         "tenant.model",
+        "tenant.feature",
         "model",
         "feature.prompt_version",
         "feature.prompt_version.model",

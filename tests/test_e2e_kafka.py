@@ -282,6 +282,7 @@ def test_every_grain_has_the_same_totals(e2e):
     assert {r["grain"] for r in rows} == {
         "tenant",
         "tenant.model",
+        "tenant.feature",
         "model",
         "feature.prompt_version",
         "feature.prompt_version.model",

@@ -120,3 +120,20 @@ def test_fleet_alert_holds_tenant_alerts_without_a_breakdown_but_not_other_cause
                        top={"tenant": "beta", "model": "o3"})  # fmt: skip
     out = Inhibitor().process([bare, elsewhere, fleet])
     assert [a.dimensions for a in out] == [fleet.dimensions, elsewhere.dimensions]
+
+
+def test_a_feature_contributor_ties_a_tenant_to_the_prompt_version_alert() -> None:
+    fleet = _alert("feature.prompt_version", {"feature": "agent", "prompt_version": "v3"},
+                   metric="context_fill_p95", detector="drift")  # fmt: skip
+    tenant = _alert("tenant", {"tenant": "acme"}, metric="context_fill_p95", detector="drift",
+                    top={"tenant": "acme", "feature": "agent"})  # fmt: skip
+    other = _alert("tenant", {"tenant": "beta"}, metric="context_fill_p95", detector="drift",
+                   top={"tenant": "beta", "feature": "chat"})  # fmt: skip
+    assert Inhibitor().process([tenant, other, fleet]) == [fleet, other]
+
+
+def test_a_finer_alert_never_covers_a_coarser_one() -> None:
+    tenant = _alert("tenant", {"tenant": "acme"}, top={"tenant": "acme", "model": "gpt-4o"})
+    inh = Inhibitor()
+    assert inh.process([PAIR]) == [PAIR]
+    assert inh.process([tenant]) == [tenant]
