@@ -579,6 +579,16 @@ class Metrics:
             "spanpulse_consumer_lag_messages", "High watermark minus consumed offset.", tp,
             registry=r,
         )  # fmt: skip
+        self.dedup_ids = Gauge(
+            "spanpulse_dedup_remembered_ids",
+            "Span ids the partition's de-duplication remembers (bounded by [dedup] max_ids).",
+            tp, registry=r,
+        )  # fmt: skip
+        self.dedup_forgotten = Gauge(
+            "spanpulse_dedup_forgotten_ids",
+            "Ids forgotten early because of max_ids since the state began (copies may be counted).",
+            tp, registry=r,
+        )  # fmt: skip
         self.batch_seconds = Histogram(
             "spanpulse_batch_processing_seconds", "Time to process one input batch.",
             buckets=batch_buckets, registry=r,
@@ -675,6 +685,12 @@ class Metrics:
     def set_consumer_lag(self, topic: str, partition: int, lag: int) -> None:
         """Set the consumer lag of one partition in messages."""
         self.consumer_lag.labels(*self._engine(topic, partition)).set(lag)
+
+    def set_dedup_state(self, topic: str, partition: int, remembered: int, forgotten: int) -> None:
+        """Export the size of one partition's de-duplication state."""
+        labels = self._engine(topic, partition)
+        self.dedup_ids.labels(*labels).set(remembered)
+        self.dedup_forgotten.labels(*labels).set(forgotten)
 
     def observe_batch_seconds(self, seconds: float) -> None:
         """Observe the processing time of one input batch."""

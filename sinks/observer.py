@@ -85,6 +85,8 @@ class MetricsObserver:
                 m.count_skipped(reason, n)
         if batch.lag is not None:
             m.set_consumer_lag(topic, int(part), batch.lag)
+        if batch.seen_ids or batch.forgotten_ids:
+            m.set_dedup_state(topic, int(part), batch.seen_ids, batch.forgotten_ids)
 
     def on_window(self, rows: pl.DataFrame) -> None:
         """Count a finalized window and export its LLM signals."""

@@ -322,6 +322,11 @@ def test_engine_health_methods() -> None:
     m.set_broker_up(True)
     assert sample(reg, "spanpulse_broker_up") == 1
     assert sample(reg, "spanpulse_alerts_published_total", status="firing") == 3
+    m.set_dedup_state("otlp_spans", 3, 5000, 7)
+    m.count_alerts_inhibited(4)
+    assert sample(reg, "spanpulse_dedup_remembered_ids", **tp) == 5000
+    assert sample(reg, "spanpulse_dedup_forgotten_ids", **tp) == 7
+    assert sample(reg, "spanpulse_alerts_inhibited_total") == 4
 
 
 def test_counters_reject_negative_increments() -> None:
