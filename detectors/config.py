@@ -31,7 +31,7 @@ from spanpulse.detectors.proportion import ProportionParams
 from spanpulse.detectors.signals import LABELS, PERCENTILES, PROPORTIONS
 
 #: Algorithm version: bump when a detector's state layout or meaning changes.
-ALGORITHM_VERSION: Final = 2
+ALGORITHM_VERSION: Final = 3
 
 #: Score the level-shift family alerts at by default (also reported by bench/nab_eval.py).
 DEFAULT_LEVEL_SHIFT_THRESHOLD: Final = 0.3

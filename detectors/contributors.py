@@ -16,11 +16,14 @@ breakdown (when a parent has several, e.g. by model and by feature, the one whos
 explains the most is reported).  A child
 never seen before has a zero baseline for additive signals (it explains all it adds) and
 the parent's rate for proportions.  Child baselines learn only while the parent is calm,
-at most ``max_children`` are kept (least recently seen dropped), so memory is bounded.
+at most ``max_children`` are kept -- the busiest (exponentially weighted calls), because a
+model has hundreds of tenant children and the ones that can explain a change of the model
+are its big ones -- so memory is bounded.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -44,6 +47,7 @@ class ChildBaselines:
         self._clock = 0
         self._stats: dict[ChildKey, dict[str, tuple[float, float]]] = {}
         self._seen: dict[ChildKey, int] = {}
+        self._calls: dict[ChildKey, float] = {}
 
     def __len__(self) -> int:
         return len(self._stats)
@@ -51,7 +55,13 @@ class ChildBaselines:
     def learn(self, children: Sequence[tuple[ChildKey, Mapping[str, Signal], int]]) -> None:
         """Fold one calm window's children ``(key, signals, calls)`` into their baselines."""
         self._clock += 1
-        for key, signals, _calls in children:
+        present = set()
+        for key, signals, calls in children:
+            present.add(key)
+            old_calls = self._calls.get(key)
+            self._calls[key] = (
+                float(calls) if old_calls is None else old_calls + self._alpha * (calls - old_calls)
+            )
             stats = self._stats.setdefault(key, {})
             for name, sig in signals.items():
                 num, den = (
@@ -67,9 +77,17 @@ class ChildBaselines:
                     )
                 )
             self._seen[key] = self._clock
-        while len(self._stats) > self._max:
-            oldest = min(self._seen, key=self._seen.__getitem__)
-            del self._stats[oldest], self._seen[oldest]
+        for key in self._calls.keys() - present:  # absent this window: zero calls
+            self._calls[key] -= self._alpha * self._calls[key]
+        if len(self._stats) > self._max:
+            keep = set(heapq.nlargest(self._max, self._stats, key=self._rank))
+            for key in list(self._stats):
+                if key not in keep:
+                    del self._stats[key], self._seen[key], self._calls[key]
+
+    def _rank(self, key: ChildKey) -> tuple[float, int]:
+        """Busiest first, then most recently seen (ties are broken deterministically)."""
+        return (self._calls.get(key, 0.0), self._seen.get(key, 0))
 
     def baseline(self, key: ChildKey, name: str) -> tuple[float, float] | None:
         """Return the child's baseline ``(numerator, denominator)`` of ``name``, if any."""

@@ -24,7 +24,8 @@ metric without a rule's operator: ``length_share>0.05`` is ``length_share``) whe
    ``tenant`` dimension): while ``feature=agent``'s context fill is creeping up, the tenants
    whose fill creeps with it are its symptoms, and with no breakdown pointing at another
    cause there is nothing to tell them apart from it.  A per-tenant alert whose contributors
-   point elsewhere is not held by this rule.
+   point elsewhere is not held by this rule, nor one whose tenant is the fleet alert's top
+   contributor (then the tenant is the cause and the fleet alert its symptom).
 
 Within one window, alerts are considered coarse grain first (grains without ``tenant``
 before grains with it, then fewer dimensions first), so the fleet-level cause is published
@@ -73,6 +74,7 @@ class _Open:
     detector: str
     grain: str
     dimensions: tuple[tuple[str, str], ...]
+    blames: tuple[tuple[str, str], ...] = ()  # its top contributor's dimensions
 
 
 @dataclass
@@ -108,8 +110,13 @@ class Inhibitor:
             self.held[a.fingerprint] = (by, a)
             self.inhibited += 1
             return []
+        top = a.contributors[0].dimensions if a.contributors else {}
         self.open[a.fingerprint] = _Open(
-            signal_of(a), a.detector, a.grain, tuple(sorted(a.dimensions.items()))
+            signal_of(a),
+            a.detector,
+            a.grain,
+            tuple(sorted(a.dimensions.items())),
+            tuple(sorted(top.items())),
         )
         return [a]
 
@@ -151,7 +158,8 @@ class Inhibitor:
             if _strict_subset(other, dims) or _blames(top, dims, other, o.grain, a.grain):
                 return fp
             if not top and "tenant" in dims and "tenant" not in other:
-                return fp
+                if dict(o.blames).get("tenant") != dims["tenant"]:
+                    return fp
         return None
 
 

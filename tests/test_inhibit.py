@@ -137,3 +137,23 @@ def test_a_finer_alert_never_covers_a_coarser_one() -> None:
     inh = Inhibitor()
     assert inh.process([PAIR]) == [PAIR]
     assert inh.process([tenant]) == [tenant]
+
+
+def test_a_tenant_that_is_the_fleet_alerts_top_contributor_is_the_cause_not_a_symptom() -> None:
+    fleet = _alert("model", {"model": "o3"}, metric="context_fill_p95", detector="drift",
+                   top={"model": "o3", "tenant": "acme"})  # fmt: skip
+    cause = _alert("tenant", {"tenant": "acme"}, metric="context_fill_p95", detector="drift")
+    symptom = _alert("tenant", {"tenant": "beta"}, metric="context_fill_p95", detector="drift")
+    assert Inhibitor().process([cause, symptom, fleet]) == [fleet, cause]
+
+
+def test_child_baselines_keep_the_busiest_children() -> None:
+    from spanpulse.detectors.contributors import ChildBaselines, child_key
+
+    cb = ChildBaselines(max_children=3)
+    big = child_key({"tenant": "big"})
+    for _ in range(5):
+        kids = [(child_key({"tenant": f"t{i}"}), {"calls": 1.0}, 1) for i in range(20)]
+        cb.learn([*kids, (big, {"calls": 500.0}, 500)])
+    assert len(cb) == 3
+    assert cb.baseline(big, "calls") is not None  # least recently inserted, but the busiest
