@@ -1,4 +1,4 @@
-"""Micro-benchmark of Decoder.decode throughput (spans/s), single core.
+"""Micro-benchmarks of the per-span path, CPU time, one process.
 
 Run: /work/venv/bin/python bench/decode_bench.py [--spans-per-message 500] [--messages 20]
 
@@ -6,14 +6,31 @@ Builds typical LLM-call spans (~25 attributes each, including content keys that 
 resource attributes, a mix of providers/models), encodes them as OTLP protobuf (one
 TracesData per Kafka message, like the collector's kafka exporter), OTLP/JSON, and span_json
 (one object per message), and reports the best-of-N decode throughput.
+
+``--pipeline`` instead measures what the job does per span on the throughput benchmark's
+traffic (``TrafficModel(seed=1, tenants=500)``, ``--rate`` calls/s, 4 partitions, polls of 5000
+messages): decode, cross-batch de-duplication and pre-aggregation into the default grains, per
+batch, as ``BatchProcessor.decode`` + ``preaggregate``.  ``--roots`` compares code trees
+side by side (interleaved rounds, median CPU seconds): a root other than ``spanpulse`` is a copy
+of the package under another name found on ``--path``, e.g. the last commit's schemas::
+
+    mkdir -p /tmp/old/spanpulse_old && touch /tmp/old/spanpulse_old/__init__.py
+    git archive HEAD schemas | tar -x -C /tmp/old/spanpulse_old
+    sed -i 's/spanpulse\\.schemas/spanpulse_old.schemas/g' /tmp/old/spanpulse_old/schemas/*.py
+    python bench/decode_bench.py --pipeline --rate 1000 --path /tmp/old \\
+        --roots spanpulse_old,spanpulse
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import random
+import statistics
+import sys
 import time
+from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
@@ -160,12 +177,101 @@ def bench(decoder: Decoder, values: list[bytes], repeat: int) -> tuple[float, in
     return best, batch.spans_seen, batch.records.height
 
 
+TRAFFIC_START_MS = 1_741_078_800_000  # bench/throughput.py's START_MS (2025-03-04T09:00Z)
+PARTITIONS, POLL = 4, 5000
+GRAINS = (
+    ("tenant",),
+    ("tenant", "model"),
+    ("model",),
+    ("feature", "prompt_version"),
+    ("feature", "prompt_version", "model"),
+)
+
+
+def traffic_batches(encoding: str, calls: int, rate: float) -> list[tuple[int, list[bytes]]]:
+    """(partition, values) polls of the throughput benchmark's backlog, in stream order."""
+    import polars as pl
+
+    from spanpulse.schemas.encode import encode_calls
+    from spanpulse.schemas.traffic import TrafficModel
+
+    model = TrafficModel(seed=1, tenants=500, rate_per_s=rate)
+    df = pl.concat(model.iter_calls(TRAFFIC_START_MS, 1.6 * calls / rate, chunk_s=3600.0))
+    df = df.sort("end_time_ms", maintain_order=True).head(calls)
+    values: list[bytes] = []
+    for chunk in df.iter_slices(20_000):
+        messages = encode_calls(chunk, encoding, convention="otel", spans_per_message=200)  # type: ignore[arg-type]
+        values.extend(messages)
+    per_partition = [values[p::PARTITIONS] for p in range(PARTITIONS)]
+    return [
+        (p, v[i : i + POLL]) for p, v in enumerate(per_partition) for i in range(0, len(v), POLL)
+    ]
+
+
+def pipeline_seconds(root: str, encoding: str, batches: list[tuple[int, list[bytes]]]) -> float:
+    """CPU seconds of decode + de-duplication + pre-aggregation of every batch, fresh state."""
+    mod = {n: importlib.import_module(f"{root}.schemas.{n}") for n in (
+        "aggregate", "batch", "conventions", "decode", "dedup", "pricing")}  # fmt: skip
+    decoder = mod["decode"].Decoder(
+        encoding, mod["conventions"].AttributeKeys(), mod["pricing"].Pricing(),
+        now_ms=lambda: TRAFFIC_START_MS + 86_400_000,
+    )  # fmt: skip
+    processor = mod["batch"].BatchProcessor(
+        {encoding: decoder}, mod["aggregate"].Aggregator(GRAINS, 60_000, 0.8, 3)
+    )
+    raws, offsets = [], [0] * PARTITIONS
+    for p, values in batches:
+        messages = [
+            mod["decode"].Message(v, "llm-spans", p, offsets[p] + i) for i, v in enumerate(values)
+        ]
+        offsets[p] += len(values)
+        raws.append((p, mod["batch"].RawBatch(f"llm-spans#{p}", encoding, messages, 0)))
+    processor.process(raws[0][1])  # warm-up: imports, price lookups
+    seen: dict[int, Any] = {}
+    t0 = time.process_time()
+    for p, raw in raws:
+        state = seen.setdefault(p, mod["dedup"].SeenSpanIds(600_000, 1_000_000))
+        processor.preaggregate(processor.decode(raw), state)
+    return time.process_time() - t0
+
+
+def pipeline_main(args: argparse.Namespace) -> None:
+    """Interleaved rounds per encoding; median CPU s per million LLM calls, per root."""
+    sys.path[:0] = [p for p in args.path.split(",") if p]
+    roots = args.roots.split(",")
+    for encoding in args.encodings.split(","):
+        batches = traffic_batches(encoding, args.calls, args.rate)
+        runs: dict[str, list[float]] = {r: [] for r in roots}
+        for _ in range(args.repeat):
+            for root in roots:
+                runs[root].append(pipeline_seconds(root, encoding, batches))
+        for root in roots:
+            med = statistics.median(runs[root])
+            print(
+                f"{encoding:10s} {root:14s} {med / args.calls * 1e6:6.1f} CPU s/M calls "
+                f"{args.calls / med:9,.0f} calls/CPU-s  runs "
+                + ", ".join(f"{x:.2f}" for x in runs[root])
+            )
+        if len(roots) == 2:
+            a, b = (statistics.median(runs[r]) for r in roots)
+            print(f"{encoding:10s} {roots[0]} / {roots[1]} = {a / b:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--spans-per-message", type=int, default=500)
     parser.add_argument("--messages", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--pipeline", action="store_true", help="decode+dedup+pre-aggregate")
+    parser.add_argument("--rate", type=float, default=1000.0, help="--pipeline: calls/s")
+    parser.add_argument("--calls", type=int, default=150_000, help="--pipeline: LLM calls")
+    parser.add_argument("--encodings", default="span_json,otlp_proto")
+    parser.add_argument("--roots", default="spanpulse", help="--pipeline: packages to compare")
+    parser.add_argument("--path", default="", help="--pipeline: extra sys.path entries")
     args = parser.parse_args()
+    if args.pipeline:
+        pipeline_main(args)
+        return
     pricing = Pricing()
     proto = build_proto_messages(args.messages, args.spans_per_message)
     cases = {

@@ -134,15 +134,13 @@ class Decoder:
 
     def _extract(self, messages: Sequence[Message]) -> _Stage1:
         dead: list[DeadLetter] = []
-        candidates: list[int] = []
-        for i, message in enumerate(messages):
-            if not message.value:
-                dead.append(_message_dl(message, "empty_message", "message has no value"))
-            elif len(message.value) > self.max_message_bytes:
-                detail = f"message has {len(message.value)} bytes, limit {self.max_message_bytes}"
-                dead.append(_message_dl(message, "message_too_large", detail))
-            else:
-                candidates.append(i)
+        present = [m.value for m in messages if m.value]
+        if len(present) == len(messages) and max(map(len, present), default=0) <= (
+            self.max_message_bytes
+        ):
+            candidates = list(range(len(messages)))  # the usual batch: every message usable
+        else:
+            candidates = self._usable(messages, dead)
         if self.encoding == "span_json":
             return self._extract_span_json(messages, candidates, dead)
         rows: list[Row] = []
@@ -159,6 +157,19 @@ class Decoder:
             for reason, n in extracted.skipped.items():
                 skipped[reason] = skipped.get(reason, 0) + n
         return _Stage1(raw_frame(rows), dead, skipped, spans, good)
+
+    def _usable(self, messages: Sequence[Message], dead: list[DeadLetter]) -> list[int]:
+        """Return the indexes of non-empty messages within the size limit; dead-letter the rest."""
+        candidates: list[int] = []
+        for i, message in enumerate(messages):
+            if not message.value:
+                dead.append(_message_dl(message, "empty_message", "message has no value"))
+            elif len(message.value) > self.max_message_bytes:
+                detail = f"message has {len(message.value)} bytes, limit {self.max_message_bytes}"
+                dead.append(_message_dl(message, "message_too_large", detail))
+            else:
+                candidates.append(i)
+        return candidates
 
     def _extract_one(
         self, message: Message, index: int, dead: list[DeadLetter]
@@ -194,7 +205,7 @@ class Decoder:
         for index, reason, detail in batch.failures:
             failed.add(index)
             dead.append(_message_dl(messages[index], reason, detail))
-        good = [i for i in candidates if i not in failed]
+        good = [i for i in candidates if i not in failed] if failed else candidates
         return _Stage1(batch.raw, dead, dict(batch.skipped), batch.spans, good)
 
     # -- stage 2: vectorized over the batch ----------------------------------------------------

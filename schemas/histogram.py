@@ -29,13 +29,20 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
+import numpy as np
+import numpy.typing as npt
 import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
 
 SCALE: Final = 4
 BASE: Final = 2.0 ** (2.0**-SCALE)
 RELATIVE_ERROR: Final = (BASE - 1.0) / (BASE + 1.0)
 #: Bucket index used for values <= 0 (reported as 0 by quantile estimates).
 ZERO_BUCKET: Final = -(2**31) + 1
+
+#: Bucket index standing for "no value" in the integer arrays of :func:`grouped_hists`.
+NO_BUCKET: Final = -(2**31)
 
 BUCKET_DTYPE: Final = pl.Int32()
 HIST_DTYPE: Final = pl.List(pl.Struct({"b": pl.Int32(), "n": pl.Int64()}))
@@ -76,6 +83,42 @@ def bucket_estimate(b: int) -> float:
     return 2.0 * BASE ** (b + 1) / (BASE + 1.0)
 
 
+def grouped_hists(
+    group_ids: npt.NDArray[np.int64], n_groups: int, buckets: npt.NDArray[np.int64], name: str
+) -> pl.Series:
+    """Histogram of ``buckets`` per group, as a :data:`HIST_DTYPE` Series of ``n_groups`` rows.
+
+    Row ``g`` holds the bucket counts of the values whose ``group_ids`` entry is ``g``, sorted by
+    bucket; values equal to :data:`NO_BUCKET` are left out and a group without values gets an
+    empty list.  Equivalent to :func:`hist_agg` + :func:`hist_finish` in a ``group_by``, but one
+    numpy sort over the whole column instead of a ``value_counts`` per group (~10x cheaper with
+    thousands of groups).
+    """
+    keep = buckets != NO_BUCKET
+    key = (group_ids[keep] << 32) | (buckets[keep] - NO_BUCKET)  # (group, bucket) order
+    cells, counts = np.unique(key, return_counts=True)
+    offsets = np.searchsorted(cells >> 32, np.arange(n_groups + 1, dtype=np.int64))
+    return hist_series(name, offsets, (cells & 0xFFFFFFFF) + NO_BUCKET, counts)
+
+
+def hist_series(
+    name: str,
+    offsets: npt.NDArray[np.int64],
+    buckets: npt.NDArray[np.int64],
+    counts: npt.NDArray[np.int64],
+) -> pl.Series:
+    """Build a :data:`HIST_DTYPE` Series from flat cells: row ``i`` is ``offsets[i]:offsets[i+1]``.
+
+    The cells of a row must already be sorted by bucket, with no zero counts.
+    """
+    cells = pa.StructArray.from_arrays(
+        [pa.array(buckets.astype(np.int32)), pa.array(counts.astype(np.int64))], names=["b", "n"]
+    )
+    lists = pa.LargeListArray.from_arrays(pa.array(offsets.astype(np.int64)), cells)
+    series = pl.Series(name, lists)
+    return series if series.dtype == HIST_DTYPE else series.cast(HIST_DTYPE)
+
+
 def hist_agg(bucket_col: str) -> pl.Expr:
     """Return an aggregation expression: raw per-group bucket counts of a bucket-index column.
 
@@ -104,10 +147,65 @@ def hist_finish(col: str, bucket_field: str | None = None) -> pl.Expr:
 def merge_hist_frame(df: pl.DataFrame, key: str, hist_cols: Sequence[str]) -> pl.DataFrame:
     """Merge histogram columns of ``df`` across rows sharing ``key``.
 
-    Returns one row per distinct ``key`` with each column in ``hist_cols`` merged (counts of
-    equal bucket indexes added, sorted by bucket).  Keys whose histograms are all empty get
-    empty lists, never nulls.
+    Returns one row per distinct ``key`` (in no particular order) with each column in
+    ``hist_cols`` merged (counts of equal bucket indexes added, sorted by bucket).  Keys whose
+    histograms are all empty get empty lists, never nulls.
+
+    The cells of all rows are flattened once (Arrow) and summed per (key, bucket) with one
+    numpy sort per column; a histogram holding a null bucket or count takes the equivalent
+    Polars path (:func:`_merge_hist_polars`).
     """
+    groups = df.select(key).with_row_index("_row").group_by(key).agg(pl.col("_row"))
+    group_of = group_index(groups.get_column("_row"), df.height)
+    out = groups.select(key)
+    for col in hist_cols:
+        merged = merge_hist_column(df.get_column(col), group_of, groups.height)
+        if merged is None:
+            return _merge_hist_polars(df, key, hist_cols)
+        out = out.with_columns(merged)
+    return out
+
+
+def group_index(members: pl.Series, n_rows: int) -> npt.NDArray[np.int64]:
+    """Invert a ``group_by().agg(pl.col(row_index))`` list column: each row's group number.
+
+    ``members`` holds, for group ``g`` (its position), the row indexes of its rows; every row
+    index in ``0..n_rows-1`` appears exactly once.
+    """
+    group_of = np.empty(n_rows, np.int64)
+    group_of[members.explode().to_numpy()] = np.repeat(
+        np.arange(members.len(), dtype=np.int64), members.list.len().to_numpy()
+    )
+    return group_of
+
+
+def merge_hist_column(
+    hists: pl.Series, group_of: npt.NDArray[np.int64], n_groups: int
+) -> pl.Series | None:
+    """Merge one :data:`HIST_DTYPE` column by group (``group_of``: each row's group number).
+
+    Returns ``n_groups`` rows, or None when a cell has a null bucket or count (the caller then
+    takes the Polars path, which keeps such cells).
+    """
+    lists = hists.cast(HIST_DTYPE).to_arrow()
+    parents = pc.list_parent_indices(lists).to_numpy().astype(np.int64)
+    cells = pc.list_flatten(lists)
+    buckets, counts = cells.field("b"), cells.field("n")
+    if cells.null_count or buckets.null_count or counts.null_count:
+        return None
+    b = buckets.to_numpy().astype(np.int64)
+    key = (group_of[parents] << 32) | (b - NO_BUCKET)  # (group, bucket) order
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    starts = np.flatnonzero(np.append(True, key[1:] != key[:-1]))
+    summed = np.add.reduceat(counts.to_numpy().astype(np.int64)[order], starts) if key.size else key
+    cells_key = key[starts] if key.size else key
+    offsets = np.searchsorted(cells_key >> 32, np.arange(n_groups + 1, dtype=np.int64))
+    return hist_series(hists.name, offsets, (cells_key & 0xFFFFFFFF) + NO_BUCKET, summed)
+
+
+def _merge_hist_polars(df: pl.DataFrame, key: str, hist_cols: Sequence[str]) -> pl.DataFrame:
+    """Polars twin of :func:`merge_hist_frame` (also takes cells with null fields)."""
     out = df.select(pl.col(key)).unique(maintain_order=False)
     for col in hist_cols:
         merged = (

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from operator import itemgetter
 from typing import Final
 
@@ -162,6 +162,19 @@ def build_row(
     operation = operation_of(head[0], head[1], head[2], head[3])
     if operation is None:
         return "not_llm"
+    return llm_row(vals, operation, ids, times, status_error, bad)
+
+
+def llm_row(
+    vals: list[object],
+    operation: str,
+    ids: tuple[int, int, str | None, str | None],
+    times: tuple[int, int],
+    status_error: bool,
+    bad: SpanRejected | None,
+) -> Row | str:
+    """:func:`build_row` for a span whose LLM ``operation`` the caller already determined."""
+    head = _HEAD(vals)
     request_model = head[4]
     if request_model is None and head[6] is not None:
         request_model = _model_from_invocation_parameters(head[6])
@@ -357,16 +370,26 @@ _CLASS_RANK: Final[dict[str, int]] = {c: i for i, c in enumerate(FINISH_CLASSES)
 _RANK_CLASS: Final[dict[int, str]] = dict(enumerate(FINISH_CLASSES))
 
 
-def _clean_str(name: str) -> pl.Expr:
-    """Strip and cut a string column; empty strings become null (a blank tenant is no tenant)."""
-    s = pl.col(name).str.strip_chars().str.slice(0, MAX_VALUE_CHARS)
-    return pl.when(s.str.len_bytes() > 0).then(s).alias(name)
+def _clean_str(value: pl.Expr) -> pl.Expr:
+    """Strip and cut a string; empty strings become null (a blank tenant is no tenant)."""
+    s = value.str.strip_chars().str.slice(0, MAX_VALUE_CHARS)
+    return pl.when(s.str.len_bytes() > 0).then(s)
 
 
-def _provider() -> pl.Expr:
-    low = pl.col("provider").str.strip_chars().str.slice(0, MAX_VALUE_CHARS).str.to_lowercase()
+def _provider(value: pl.Expr) -> pl.Expr:
+    """Clean a provider name, lower-case it and map aliases to the OTel spelling."""
+    low = value.str.strip_chars().str.slice(0, MAX_VALUE_CHARS).str.to_lowercase()
     canonical = low.replace(PROVIDER_ALIASES)
-    return pl.when(low.str.len_bytes() > 0).then(canonical).alias("provider")
+    return pl.when(low.str.len_bytes() > 0).then(canonical)
+
+
+Cleaner = Callable[[pl.Expr], pl.Expr]
+
+#: String columns cleaned by :func:`normalize`, with their cleaning function.
+_CLEANERS: Final[dict[str, Cleaner]] = {
+    **{c: _clean_str for c in (*DIMENSION_COLUMNS, "request_model", "response_model")},
+    "provider": _provider,
+}
 
 
 def _tokens() -> list[pl.Expr]:
@@ -416,13 +439,14 @@ def normalize(valid: pl.DataFrame) -> pl.DataFrame:
     """Normalize validated raw rows: record columns plus ``cache_write_tokens``/``response_id``.
 
     Cost and context window are added later by :class:`~.pricing.Pricing`.
+
+    The string columns repeat a few values many times, so every per-value computation (cleaning,
+    finish classes) runs on the batch's *distinct* values only; a column whose distinct values
+    are all clean is not rewritten at all, and finish reasons are mapped with one join.  The
+    expressions applied are the same as row by row, so the result is identical.
     """
-    first = valid.with_columns(
-        _provider(),
-        *[_clean_str(c) for c in (*DIMENSION_COLUMNS, "request_model", "response_model")],
-        *_tokens(),
-    )
-    return first.select(
+    first = valid.with_columns(*_changed(valid, _CLEANERS), *_tokens())
+    return _with_finish(first).select(
         (pl.col("end_ns") // _NS_PER_MS).alias("end_time_ms"),
         "trace_id",
         "span_id",
@@ -435,13 +459,101 @@ def normalize(valid: pl.DataFrame) -> pl.DataFrame:
         "output_tokens",
         pl.col("cache_read_tokens").alias("cached_input_tokens"),
         "reasoning_tokens",
-        *_finish(),
+        *_FINISH_OUT,
         ((pl.col("end_ns") - pl.col("start_ns")) / 1e9).alias("latency_s"),
         "ttft_s",
         "span_cost_usd",
         "cache_write_tokens",
         "response_id",
     )
+
+
+def _changed(frame: pl.DataFrame, cleaners: Mapping[str, Cleaner]) -> list[pl.Expr]:
+    """Return replacements for the columns that cleaning changes, computed on distinct values.
+
+    Each cleaner maps null to null.  It is evaluated on its column's distinct non-null values
+    only (all columns in one query); a column it leaves unchanged is not touched, and a changed
+    one gets a value -> cleaned value replacement (one hash lookup per row instead of the string
+    operations).
+    """
+    lazy = frame.lazy()
+    table = pl.concat(
+        [
+            lazy.select(pl.col(name).drop_nulls().unique().alias("old"))
+            .with_columns(clean(pl.col("old")).alias("new"), pl.lit(name).alias("column"))
+            .filter(~pl.col("old").eq_missing(pl.col("new")))
+            for name, clean in cleaners.items()
+        ]
+    ).collect()
+    if not table.height:
+        return []
+    changes = table.partition_by("column", as_dict=True, include_key=False)
+    out = []
+    for name in cleaners:
+        change = changes.get((name,))
+        if change is not None:
+            out.append(pl.col(name).replace(change.get_column("old"), change.get_column("new")))
+    return out
+
+
+def _with_finish(frame: pl.DataFrame) -> pl.DataFrame:
+    """Add the finish columns: classes of the distinct reason strings, joined back per row."""
+    table = (
+        frame.lazy()
+        .select(pl.col("finish_reasons").unique())
+        .with_columns(*_finish_per_reasons())
+        .collect()
+    )
+    return frame.join(
+        table, on="finish_reasons", how="left", nulls_equal=True, maintain_order="left"
+    )
+
+
+def _finish_per_reasons() -> list[pl.Expr]:
+    """Return what only depends on the raw reasons: first reason, severest rank, refusal."""
+    reasons = pl.col("finish_reasons").str.split(FINISH_SEPARATOR)
+    classes = reasons.list.eval(
+        pl.element()
+        .str.strip_chars()
+        .str.to_lowercase()
+        .replace_strict(FINISH_CLASS_OF, default="other", return_dtype=pl.String)
+    )
+    rank = classes.list.eval(
+        pl.element().replace_strict(_CLASS_RANK, return_dtype=pl.Int8)
+    ).list.min()
+    return [
+        reasons.list.first().alias("_first_reason"),
+        rank.alias("_rank"),
+        classes.list.contains("content_filter").fill_null(False).alias("_filtered"),
+    ]
+
+
+def _finish_columns() -> list[pl.Expr]:
+    is_error = pl.col("status_error").fill_null(False) | pl.col("has_error_type").fill_null(False)
+    rank = pl.col("_rank")
+    finish_class = (
+        pl.when(rank.is_not_null())
+        .then(rank.replace_strict(_RANK_CLASS, default=None, return_dtype=pl.String))
+        .when(is_error)
+        .then(pl.lit("error"))
+        .otherwise(pl.lit("other"))
+    )
+    refusal = (
+        pl.col("_filtered")
+        | pl.col("app_refusal").fill_null(False)
+        | pl.col("legacy_refusal").fill_null(False)
+    )
+    return [
+        pl.col("_first_reason").alias("finish_reason"),
+        finish_class.alias("finish_class"),
+        is_error.alias("is_error"),
+        refusal.alias("is_refusal"),
+        pl.col("parse_ok").is_not_null().alias("parse_attempt"),
+        (pl.col("parse_ok") == pl.lit(False)).fill_null(False).alias("parse_failure"),
+    ]
+
+
+_FINISH_OUT: Final = _finish_columns()
 
 
 #: Normalized fields counted to decide which of two duplicate-call spans is more complete.
@@ -469,6 +581,13 @@ def deduplicate(df: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, int]]:
     """Drop duplicate spans and duplicate calls within one batch; return kept rows and counts."""
     ids_known = pl.col("trace_id").is_not_null() & pl.col("span_id").is_not_null()
     first_span = ~ids_known | pl.struct("trace_id", "span_id").is_first_distinct()
+    keyed = pl.col("provider").is_not_null() & pl.col("response_id").is_not_null()
+    copies = df.select(
+        (~first_span).any().alias("spans"),
+        pl.struct("provider", "response_id").filter(keyed).is_duplicated().any().alias("calls"),
+    ).row(0)
+    if not any(copies):  # the usual batch: nothing to drop, skip the per-key ranking
+        return df, {"duplicate_span": 0, "duplicate_call": 0}
     df = df.with_row_index("_row").with_columns(first_span.alias("_first_span"))
     dup_spans = df.height - int(df["_first_span"].sum())
     df = df.filter(pl.col("_first_span"))
@@ -480,7 +599,6 @@ def deduplicate(df: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, int]]:
         .first()
         .over(key)
     )
-    keyed = pl.col("provider").is_not_null() & pl.col("response_id").is_not_null()
     kept = (
         df.with_columns(completeness.alias("_completeness"))
         .with_columns((~keyed | (pl.col("_row") == best)).alias("_keep"))

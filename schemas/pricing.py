@@ -257,25 +257,76 @@ class Pricing:
             plan_id = None if plan is None else plans.setdefault(plan, len(plans))
             rows.append(
                 (provider, model, response_model, at_minute, plan_id, resolved.context_window)
+                + _flat_rates(plan)
             )
-        lookup = pl.DataFrame(
-            rows,
-            schema={
-                **{k: pl.String() for k in keys},
-                "_minute": pl.Int64(),
-                "_plan": pl.Int32(),
-                "context_window": pl.Int64(),
-            },
-            orient="row",
-        )
+        lookup = pl.DataFrame(rows, schema=_LOOKUP_SCHEMA, orient="row")
         joined = df.with_columns(minute).join(
             lookup, on=[*keys, "_minute"], how="left", nulls_equal=True, maintain_order="left"
         )
-        return (
-            joined.with_columns(_cost_nanos(list(plans)).alias("cost_nanos"))
-            .with_columns((pl.col("cost_nanos") / NANOS_PER_USD).alias("cost_usd"))
-            .drop("_minute", "_plan")
+        tiered = {i: p for p, i in plans.items() if _is_tiered(p)}
+        return joined.with_columns(
+            _cost_nanos(tiered).alias("cost_nanos"),
+        ).select(
+            pl.exclude("_minute", "_plan", *_RATE_COLUMNS),
+            (pl.col("cost_nanos") / NANOS_PER_USD).alias("cost_usd"),
         )
+
+
+#: Per-token rates of a flat (untiered) plan, as lookup columns: null = "not priced separately".
+_RATE_COLUMNS: Final = ("_flat", "_per_request", "_in", "_out", "_cache_read", "_cache_write",
+                        "_reasoning")  # fmt: skip
+_LOOKUP_SCHEMA: Final[dict[str, pl.DataType]] = {
+    **{k: pl.String() for k in ("provider", "model", "response_model")},
+    "_minute": pl.Int64(),
+    "_plan": pl.Int32(),
+    "context_window": pl.Int64(),
+    "_flat": pl.Boolean(),
+    **{c: pl.Float64() for c in _RATE_COLUMNS[1:]},
+}
+
+
+def _is_tiered(plan: Plan) -> bool:
+    rates = (plan.input, plan.output, plan.cache_read, plan.cache_write, plan.reasoning)
+    return any(r is not None and r[1] for r in rates)
+
+
+def _flat_rates(plan: Plan | None) -> tuple[object, ...]:
+    """Return the lookup's rate columns of one plan (all null: no plan, or a tiered one)."""
+    if plan is None or _is_tiered(plan):
+        return (False, *([None] * (len(_RATE_COLUMNS) - 1)))
+    rates = (plan.input, plan.output, plan.cache_read, plan.cache_write, plan.reasoning)
+    return (True, plan.per_request_nanos, *(None if r is None else r[0] for r in rates))
+
+
+def _flat_cost_expr() -> pl.Expr:
+    """:func:`plan_cost_expr` with the rates of each row's flat plan read from the rate columns.
+
+    Same operations in the same order (a missing rate adds ``0.0``), so the same floats: one
+    expression for every flat plan instead of one ``when`` branch per plan over every row.
+    """
+    inp = pl.col("input_tokens").fill_null(0)
+    out = pl.col("output_tokens").fill_null(0)
+    cache_read = pl.col("cached_input_tokens").fill_null(0)
+    cache_write = pl.col("cache_write_tokens").fill_null(0)
+    reasoning = pl.col("reasoning_tokens").fill_null(0)
+    priced = {c: pl.col(c).is_not_null() for c in ("_cache_read", "_cache_write", "_reasoning")}
+    leaf_in = (
+        inp
+        - pl.when(priced["_cache_read"]).then(cache_read).otherwise(0)
+        - pl.when(priced["_cache_write"]).then(cache_write).otherwise(0)
+    )
+    leaf_out = out - pl.when(priced["_reasoning"]).then(reasoning).otherwise(0)
+    parts = [
+        (leaf_in, "_in"),
+        (leaf_out, "_out"),
+        (cache_read, "_cache_read"),
+        (cache_write, "_cache_write"),
+        (reasoning, "_reasoning"),
+    ]
+    cost = pl.col("_per_request")
+    for count, rate in parts:
+        cost = cost + (count * pl.col(rate)).fill_null(0.0)
+    return pl.when((leaf_in >= 0) & (leaf_out >= 0)).then(cost)
 
 
 def _rate_expr(rate: Rate, total_input: pl.Expr) -> pl.Expr:
@@ -313,7 +364,7 @@ def plan_cost_expr(plan: Plan) -> pl.Expr:
     return pl.when((leaf_in >= 0) & (leaf_out >= 0)).then(cost)
 
 
-def _cost_nanos(plans: list[Plan]) -> pl.Expr:
+def _cost_nanos(tiered: dict[int, Plan]) -> pl.Expr:
     """Integer nano-USD per row: span-carried cost, else the row's plan, else null."""
     usage_known = pl.col("input_tokens").is_not_null() | pl.col("output_tokens").is_not_null()
     chain: Any = pl.when(pl.col("span_cost_usd").is_not_null()).then(
@@ -321,6 +372,7 @@ def _cost_nanos(plans: list[Plan]) -> pl.Expr:
     )
     chain = chain.when(~usage_known & pl.col("is_error")).then(pl.lit(0.0))
     chain = chain.when(~usage_known).then(pl.lit(None, dtype=pl.Float64))
-    for plan_id, plan in enumerate(plans):
+    chain = chain.when(pl.col("_flat")).then(_flat_cost_expr())
+    for plan_id, plan in tiered.items():
         chain = chain.when(pl.col("_plan") == plan_id).then(plan_cost_expr(plan))
     return chain.otherwise(pl.lit(None, dtype=pl.Float64)).round().cast(pl.Int64)  # type: ignore[no-any-return]

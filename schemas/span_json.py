@@ -100,12 +100,15 @@ def decode_batch(values: Sequence[bytes], msg_indexes: Sequence[int]) -> SpanJso
 
 def _read_fast(values: Sequence[bytes]) -> pl.DataFrame | None:
     """One ``read_ndjson`` over the batch; None when anything looks off (then: slow path)."""
-    lines = [
-        v.replace(b"\n", b" ").replace(b"\r", b" ") if b"\n" in v or b"\r" in v else v
-        for v in values
-    ]
+    joined = b"".join(values)  # two memchr scans decide for the whole batch
+    if b"\n" in joined or b"\r" in joined:
+        values = [
+            v.replace(b"\n", b" ").replace(b"\r", b" ") if b"\n" in v or b"\r" in v else v
+            for v in values
+        ]
+    data = b"\n".join(values)
     try:
-        frame = pl.read_ndjson(io.BytesIO(b"\n".join(lines)), schema=READ_SCHEMA)
+        frame = pl.read_ndjson(io.BytesIO(data), schema=READ_SCHEMA)
     except pl.exceptions.PolarsError:
         return None
     if frame.height != len(values):
@@ -201,11 +204,36 @@ def _time_ns(name: str) -> pl.Expr:
     return pl.when(digits).then(epoch).otherwise(rfc)
 
 
+def _usual_time_ns(name: str) -> pl.Expr:
+    """:func:`_time_ns` for values in the first RFC 3339 format (null where it does not parse).
+
+    That format needs ``-`` and ``T``, so no epoch-ms digit string parses with it; where it
+    parses, :func:`_time_ns` gives the same value (its first format wins the coalesce).
+    """
+    s = pl.col(name).str.strip_chars()
+    return s.str.strptime(pl.Datetime("ns", "UTC"), _RFC3339[0], strict=False).dt.epoch("ns")
+
+
+def _parse_times(frame: pl.DataFrame) -> pl.DataFrame:
+    """Add ``_end``/``_start``: one strptime each, the full parser only where a value needs it."""
+    frame = frame.with_columns(
+        _usual_time_ns("end_time").alias("_end"), _usual_time_ns("start_time").alias("_start")
+    )
+    unusual = frame.select(
+        (pl.col(raw).is_not_null() & pl.col(parsed).is_null()).any().alias(parsed)
+        for raw, parsed in (("end_time", "_end"), ("start_time", "_start"))
+    ).row(0, named=True)
+    redo = [
+        _time_ns(raw).alias(parsed)
+        for raw, parsed in (("end_time", "_end"), ("start_time", "_start"))
+        if unusual[parsed]
+    ]
+    return frame.with_columns(redo) if redo else frame
+
+
 def _to_raw(frame: pl.DataFrame, failures: list[tuple[int, str, str]]) -> SpanJsonBatch:
     """Check required fields and times, then map the flat fields onto RAW_SCHEMA."""
-    frame = frame.with_columns(
-        _time_ns("end_time").alias("_end"), _time_ns("start_time").alias("_start")
-    )
+    frame = _parse_times(frame)
     model_ok = pl.col("model").str.strip_chars().str.len_bytes() > 0
     problem = (
         pl.when(pl.col("end_time").is_null())
