@@ -69,6 +69,21 @@ class GrainDetectors:
 
     @staticmethod
     def from_bytes(data: bytes) -> GrainDetectors | None:
-        """Restore :meth:`to_bytes` output; None if it holds something else (an old format)."""
-        state = pickle.loads(data)  # noqa: S301 - our own recovery store, not user input
+        """Restore :meth:`to_bytes` output; None if it holds something else or cannot be read.
+
+        A snapshot written by another spanpulse version may name classes that moved or no
+        longer exist; detection then starts fresh (a warm-up) instead of the job failing to
+        resume -- rollups and offsets are restored either way.
+        """
+        try:
+            state = pickle.loads(data)  # noqa: S301 - our own recovery store, not user input
+        except (
+            pickle.UnpicklingError,
+            AttributeError,
+            ImportError,
+            EOFError,
+            TypeError,
+            ValueError,
+        ):
+            return None
         return state if isinstance(state, GrainDetectors) else None

@@ -39,6 +39,7 @@ from spanpulse.detectors import messages
 from spanpulse.detectors.config import DetectorConfig, ReleaseParams
 from spanpulse.detectors.contributors import row_dimensions
 from spanpulse.detectors.proportion import betabinom_sf
+from spanpulse.detectors.series_bank import count_firing
 from spanpulse.detectors.signals import PROPORTIONS, UNITS
 from spanpulse.schemas.alert import Alert, Contributor, Severity, build_alert
 from spanpulse.schemas.histogram import quantile
@@ -448,9 +449,5 @@ class ReleaseBank:
                 alerts += watch.tick(window_end)
                 if watch.idle:
                     del self.watches[key]
-        for a in alerts:
-            k = (a.detector, a.severity)
-            self.firing[k] += 1 if a.status == "firing" else -1
-            if self.firing[k] <= 0:
-                del self.firing[k]
+        count_firing(self.firing, alerts)
         return alerts

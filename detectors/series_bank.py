@@ -25,9 +25,20 @@ from spanpulse.schemas.record import OTHER
 class AlertLike(Protocol):
     """What the bank needs from an alert."""
 
-    status: str
-    detector: str
-    severity: str
+    @property
+    def status(self) -> str:
+        """``firing`` or ``resolved``."""
+        ...
+
+    @property
+    def detector(self) -> str:
+        """Detector family."""
+        ...
+
+    @property
+    def severity(self) -> str:
+        """``warning`` or ``critical``."""
+        ...
 
 
 class SeriesDetectorLike(Protocol):
@@ -100,7 +111,7 @@ class DetectorBank:
                 alerts += det.tick(window_end)
                 if det.idle:
                     del self.detectors[key]
-        self._count(alerts)
+        count_firing(self.firing, alerts)
         return alerts
 
     def __deepcopy__(self, memo: dict[int, Any]) -> DetectorBank:
@@ -112,12 +123,14 @@ class DetectorBank:
         copied: DetectorBank = pickle.loads(pickle.dumps(self, pickle.HIGHEST_PROTOCOL))  # noqa: S301
         return copied
 
-    def _count(self, alerts: Sequence[Any]) -> None:
-        for a in alerts:
-            k = (a.detector, a.severity)
-            self.firing[k] += 1 if a.status == "firing" else -1
-            if self.firing[k] <= 0:
-                del self.firing[k]
+
+def count_firing(firing: Counter[tuple[str, str]], alerts: Sequence[AlertLike]) -> None:
+    """Keep ``firing`` = open alerts per (detector, severity): +1 per firing, -1 per resolve."""
+    for a in alerts:
+        k = (a.detector, a.severity)
+        firing[k] += 1 if a.status == "firing" else -1
+        if firing[k] <= 0:
+            del firing[k]
 
 
 def _children_by_parent(

@@ -401,40 +401,6 @@ def _tokens() -> list[pl.Expr]:
     return [inp3.alias("input_tokens"), out2.alias("output_tokens")]
 
 
-def _finish() -> list[pl.Expr]:
-    reasons = pl.col("finish_reasons").str.split(FINISH_SEPARATOR)
-    classes = reasons.list.eval(
-        pl.element()
-        .str.strip_chars()
-        .str.to_lowercase()
-        .replace_strict(FINISH_CLASS_OF, default="other", return_dtype=pl.String)
-    )
-    rank = classes.list.eval(
-        pl.element().replace_strict(_CLASS_RANK, return_dtype=pl.Int8)
-    ).list.min()
-    is_error = pl.col("status_error").fill_null(False) | pl.col("has_error_type").fill_null(False)
-    finish_class = (
-        pl.when(rank.is_not_null())
-        .then(rank.replace_strict(_RANK_CLASS, default=None, return_dtype=pl.String))
-        .when(is_error)
-        .then(pl.lit("error"))
-        .otherwise(pl.lit("other"))
-    )
-    refusal = (
-        classes.list.contains("content_filter").fill_null(False)
-        | pl.col("app_refusal").fill_null(False)
-        | pl.col("legacy_refusal").fill_null(False)
-    )
-    return [
-        reasons.list.first().alias("finish_reason"),
-        finish_class.alias("finish_class"),
-        is_error.alias("is_error"),
-        refusal.alias("is_refusal"),
-        pl.col("parse_ok").is_not_null().alias("parse_attempt"),
-        (pl.col("parse_ok") == pl.lit(False)).fill_null(False).alias("parse_failure"),
-    ]
-
-
 def normalize(valid: pl.DataFrame) -> pl.DataFrame:
     """Normalize validated raw rows: record columns plus ``cache_write_tokens``/``response_id``.
 

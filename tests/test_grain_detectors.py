@@ -95,7 +95,12 @@ def test_bytes_snapshot_round_trip_continues_identically() -> None:
     assert out_a and out_a == out_b
 
 
-def test_foreign_bytes_are_not_restored() -> None:
+def test_foreign_or_unreadable_bytes_are_not_restored() -> None:
     import pickle
 
     assert GrainDetectors.from_bytes(pickle.dumps({"old": "format"})) is None
+    assert GrainDetectors.from_bytes(b"\x80\x05truncated") is None
+    moved = pickle.dumps(DetectorConfig()).replace(
+        b"spanpulse.detectors.config", b"spanpulse.detectors.gone__"
+    )
+    assert GrainDetectors.from_bytes(moved) is None  # a class that moved in another version
