@@ -109,7 +109,9 @@ def build_job(
         dedup_max_ids=settings.dedup.max_ids,
     )
     sinks = FlowSinks(
-        rollups=RollupSink(RollupWriter(Path(settings.rollups.output_dir))),
+        rollups=(rollups := RollupSink(RollupWriter(Path(settings.rollups.output_dir)))),
+        # Late rows effectively once across crashes: lost epochs are taken back on resume.
+        late_rollups=rollups.late_sink(params.partitions, rewind=settings.recovery.dir is not None),
         dead_letters=DeadLetterSink(
             client, settings.kafka.dead_letter_topic, settings.dead_letter_payloads
         ),

@@ -1,23 +1,27 @@
 """The rollup dataflow: Kafka batches to Parquet rollups, detectors and metrics.
 
-Kafka batches -> decode -> (per partition) drop spans seen before + pre-aggregate -> windows
-closed by the slowest partition -> cardinality limit -> Parquet (and, downstream, detectors and
-metrics).
+Kafka batches -> decode -> (per partition) drop spans seen before, split late records off,
+pre-aggregate -> windows closed by the slowest partition -> cardinality limit -> Parquet (and,
+downstream, detectors and metrics).  Late rows take their own sink (``FlowSinks.late_rollups``),
+which writes them effectively once across crashes.
 
 Only wiring lives here.  Every step calls a named, unit-tested object from ``spanpulse.schemas``:
-``BatchProcessor`` (decode, pre-aggregate), ``SeenSpanIds`` (cross-batch de-duplication, keyed
-by partition so Bytewax snapshots it with the source offsets), ``PartitionTracker``
-(per-partition watermark, late split), ``WindowCloser`` (global minimum, close orders),
-``WindowState`` + ``Aggregator`` (merge, finalize).  See ``schemas/progress.py`` for why windows
-are keyed by window rather than by tenant.
+``BatchProcessor`` (decode, pre-aggregate), ``SeenSpanIds`` (cross-batch de-duplication) and
+``PartitionTracker`` (per-partition watermark, per-record late decisions, held late groups) --
+both keyed by partition so Bytewax snapshots them with the source offsets --, ``WindowCloser``
+(global minimum, close orders), ``WindowState`` + ``Aggregator`` (merge, finalize).  See
+``schemas/progress.py`` for why windows are keyed by window rather than by tenant, and why late
+rows come out the same whatever the batch boundaries.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
 import polars as pl
 from bytewax import operators as op
 from bytewax.dataflow import Dataflow, Stream
@@ -27,13 +31,18 @@ from bytewax.outputs import Sink
 from spanpulse.schemas.aggregate import Aggregator
 from spanpulse.schemas.batch import BatchProcessor, PartialBatch, RawBatch, RecordBatch
 from spanpulse.schemas.cardinality import CardinalityLimiter
-from spanpulse.schemas.dedup import SeenSpanIds, state_version
+from spanpulse.schemas.dedup import SeenSpanIds, duplicate_mask, state_version
 from spanpulse.schemas.progress import (
+    I64,
+    ON_TIME,
     CloseOrder,
+    LateGroup,
     PartitionTracker,
     SealReport,
     WindowCloser,
     WindowState,
+    late_source_of_tag,
+    late_tag,
 )
 
 if TYPE_CHECKING:
@@ -42,6 +51,8 @@ if TYPE_CHECKING:
 CLOSER_KEY = "closer"
 #: Partial frames a window keeps before compacting them into one (bounds state size).
 COMPACT_AFTER = 32
+#: Late records a partition holds per late group before pre-aggregating them (bounds state size).
+LATE_ROWS_HELD = 2000
 
 
 class Observer(Protocol):
@@ -90,6 +101,8 @@ class FlowSinks:
     dead_letters: Sink[DeadLetter]
     windows: Callable[[Dataflow, Stream[pl.DataFrame]], None] | None = None
     observer: Observer = field(default_factory=NullObserver)
+    #: Late rows, keyed by their late source (``LateRollupSink``); ``None``: into ``rollups``.
+    late_rollups: Sink[tuple[str, tuple[str, pl.DataFrame]]] | None = None
 
 
 @dataclass(frozen=True)
@@ -119,9 +132,12 @@ def build_flow(
     raw = op.input("kafka_in", flow, source)
     decoded = op.map("decode", raw, params.processor.decode)
     records = op.map("key_by_partition", decoded, _key_by_partition)
-    # De-duplication state is keyed by partition: snapshotted in the same epoch as the offsets.
-    by_partition = op.stateful_map("dedup_and_preaggregate", records, _DedupStep(params))
-    batches = op.map("drop_batch_key", by_partition, _value)
+    # De-duplication and event-time progress are keyed by partition: snapshotted in the same
+    # epoch as the offsets, so a replay after a crash decides exactly as the first run did.
+    tracked = op.stateful_flat_map("dedup_track_and_preaggregate", records, _PartitionStep(params))
+    routed = op.map("drop_partition_key", tracked, _value)
+    split_batches = op.branch("split_batches", routed, lambda r: r.kind == "batch")
+    batches = op.map("batch_payload", split_batches.trues, _payload)
     op.inspect("observe_batch", batches, lambda _s, b: obs.on_batch(b))
     dead = op.flat_map("dead_letters", batches, lambda b: b.dead_letters)
     op.output("dead_letter_out", dead, sinks.dead_letters)
@@ -129,11 +145,7 @@ def build_flow(
     # Window-shaped state is versioned by the window length: a changed length starts it fresh
     # instead of misreading old windows (see docs/reliability.md, "Changing the configuration").
     v = f"w{params.window_ms}"
-    tracked = op.stateful_flat_map(
-        f"track_partition_progress_{v}", by_partition, _TrackStep(params)
-    )
-    routed = op.map("drop_partition_key", tracked, _value)
-    split = op.branch("split_reports", routed, lambda r: r.kind == "report")
+    split = op.branch("split_reports", split_batches.falses, lambda r: r.kind == "report")
     reports = op.map("key_report", split.trues, _keyed)
     late_split = op.branch("split_late", split.falses, lambda r: r.kind == "late")
     late_rows = op.map("finalize_late", late_split.trues, lambda r: _finalize_late(agg, r))
@@ -154,7 +166,13 @@ def build_flow(
     limited_keyed = op.stateful_map("limit_cardinality", by_grain, _LimitStep(params))
     limited = op.map("drop_grain_key", limited_keyed, _value)
     op.inspect("observe_rollup", limited, lambda _s, tr: obs.on_rollup(tr[1]))
-    op.output("rollups_out", limited, sinks.rollups)
+    if sinks.late_rollups is None:
+        op.output("rollups_out", limited, sinks.rollups)
+    else:
+        by_kind = op.branch("split_final_late", limited, lambda tr: tr[0] == "final")
+        op.output("rollups_out", by_kind.trues, sinks.rollups)
+        late_keyed = op.map("key_late_by_source", by_kind.falses, _key_late)
+        op.output("late_rollups_out", late_keyed, sinks.late_rollups)
     if sinks.windows is not None:
         on_time = op.filter("on_time_only", limited, lambda tr: tr[0] == "final")
         keyed = op.map("key_grain_by_window", on_time, _key_by_window)
@@ -165,9 +183,9 @@ def build_flow(
 
 @dataclass(frozen=True)
 class Routed:
-    """An item leaving the partition tracker: a partial, late rows, or a seal report."""
+    """An item leaving the partition step: a batch, a partial, a late group or a seal report."""
 
-    kind: str  # "partial" | "late" | "report"
+    kind: str  # "batch" | "partial" | "late" | "report"
     key: str
     payload: Any
 
@@ -180,6 +198,10 @@ def _value(kv: tuple[str, Any]) -> Any:
     return kv[1]
 
 
+def _payload(r: Routed) -> Any:
+    return r.payload
+
+
 def _keyed(r: Routed) -> tuple[str, Any]:
     return r.key, r.payload
 
@@ -188,50 +210,130 @@ def _tag_final(rows: pl.DataFrame) -> tuple[str, pl.DataFrame]:
     return "final", rows
 
 
-@dataclass
-class _DedupStep:
-    params: FlowParams
-
-    def __call__(
-        self, state: SeenSpanIds | None, batch: RecordBatch
-    ) -> tuple[SeenSpanIds | None, PartialBatch]:
-        p = self.params
-        if p.dedup_horizon_ms <= 0:  # off: drop any restored state
-            return None, p.processor.preaggregate(batch)
-        # The state pickles SeenSpanIds by class path: moving it means a new step id.
-        if state is None or state.version != state_version():  # another hash: start fresh
-            state = SeenSpanIds(p.dedup_horizon_ms, p.dedup_max_ids)
-        elif (state.horizon_ms, state.max_ids) != (p.dedup_horizon_ms, p.dedup_max_ids):
-            state.configure(p.dedup_horizon_ms, p.dedup_max_ids)  # the current config wins
-        return state, p.processor.preaggregate(batch, state)
+def _key_late(tagged: tuple[str, pl.DataFrame]) -> tuple[str, tuple[str, pl.DataFrame]]:
+    return late_source_of_tag(tagged[0]), tagged
 
 
 @dataclass
-class _TrackStep:
+class _PartitionState:
+    """What Bytewax snapshots per partition: recently seen span ids and event-time progress."""
+
+    tracker: PartitionTracker
+    seen: SeenSpanIds | None = None
+
+
+@dataclass
+class _PartitionStep:
+    """Per partition and batch: drop spans seen before, split late records off, pre-aggregate."""
+
     params: FlowParams
 
     def __call__(
-        self, state: PartitionTracker | None, batch: PartialBatch
-    ) -> tuple[PartitionTracker, Iterable[Any]]:
-        p = self.params
-        if state is None:
-            state = PartitionTracker(
-                batch.partition_id, p.window_ms, p.lateness_ms, p.idle_timeout_ms
-            )
-        # Parameters come from the current config; only event-time progress is restored state.
-        state.lateness_ms, state.idle_timeout_ms = p.lateness_ms, p.idle_timeout_ms
-        on_time, late, report = state.split(
-            batch.partials,
-            wall_ms=batch.wall_ms,
-            max_event_ms=batch.max_event_ms,
-            eof=batch.eof,
-            may_idle=batch.caught_up,
+        self, state: _PartitionState | None, batch: RecordBatch
+    ) -> tuple[_PartitionState, list[Routed]]:
+        state = self._configured(state, batch.partition_id)
+        out = self._preaggregate(state, batch)
+        windows = {
+            int(ws): f for (ws,), f in out.partials.group_by("window_start_ms", maintain_order=True)
+        }
+        report, released = state.tracker.advance(
+            wall_ms=batch.wall_ms, had_data=out.records > 0, eof=batch.eof,
+            may_idle=batch.caught_up, sent=dict.fromkeys(windows, 1),
+        )  # fmt: skip
+        routed = [Routed("batch", "", out)]
+        routed += [Routed("partial", f"w{ws}", frame) for ws, frame in windows.items()]
+        routed += [Routed("late", g.partition, g) for g in released]
+        routed.append(Routed("report", CLOSER_KEY, report))
+        return state, routed
+
+    def _preaggregate(self, state: _PartitionState, batch: RecordBatch) -> PartialBatch:
+        """De-duplicate, hold late records in the tracker, pre-aggregate the on-time ones."""
+        processor = self.params.processor
+        t0 = processor.timer()
+        batch = _drop_seen(batch, state.seen)
+        records = batch.records
+        marks = state.tracker.late_marks(
+            records["end_time_ms"].fill_null(0).to_numpy(), _message_order(batch)
         )
-        out = [Routed("partial", f"w{ws}", frame) for ws, frame in on_time.items()]
-        for (ws,), frame in late.group_by("window_start_ms", maintain_order=True):
-            out.append(Routed("late", f"{batch.partition_id}@{batch.first_offset}@{ws}", frame))
-        out.append(Routed("report", CLOSER_KEY, report))
-        return state, out
+        late = marks != ON_TIME
+        if late.any():
+            self._hold_late(state.tracker, records.filter(pl.Series(late)), marks[late])
+            batch = replace(batch, records=records.filter(pl.Series(~late)))
+        out = processor.preaggregate(batch)
+        seen = state.seen
+        return replace(
+            out,
+            records=records.height,  # on time + late
+            seconds=out.seconds + processor.timer() - t0,
+            seen_ids=0 if seen is None else len(seen),
+            forgotten_ids=0 if seen is None else seen.forgotten,
+        )
+
+    def _configured(self, state: _PartitionState | None, partition: str) -> _PartitionState:
+        """Apply the current config to restored state; parts whose parameters changed start fresh."""
+        p = self.params
+        if state is None or state.tracker.window_ms != p.window_ms:
+            tracker = PartitionTracker(partition, p.window_ms, p.lateness_ms, p.idle_timeout_ms)
+            state = _PartitionState(tracker, None if state is None else state.seen)
+        # Only event-time progress is restored state; lateness and idleness come from the config.
+        state.tracker.lateness_ms = p.lateness_ms
+        state.tracker.idle_timeout_ms = p.idle_timeout_ms
+        state.seen = _configured_seen(state.seen, p)
+        return state
+
+    def _hold_late(self, tracker: PartitionTracker, records: pl.DataFrame, marks: I64) -> None:
+        compact = functools.partial(_late_partials, self.params.processor.aggregator)
+        groups = np.unique(marks)  # usually one: the sealed point rarely moves within a batch
+        for sealed_at in groups:
+            group = records.filter(pl.Series(marks == sealed_at)) if groups.size > 1 else records
+            tracker.hold_late(int(sealed_at), group, compact, LATE_ROWS_HELD)
+
+
+def _configured_seen(seen: SeenSpanIds | None, p: FlowParams) -> SeenSpanIds | None:
+    """Return de-duplication state for the current config (``None`` when it is off)."""
+    if p.dedup_horizon_ms <= 0:  # off: drop any restored state
+        return None
+    # The state pickles SeenSpanIds by class path: moving it means a new step id.
+    if seen is None or seen.version != state_version():  # another hash: start fresh
+        return SeenSpanIds(p.dedup_horizon_ms, p.dedup_max_ids)
+    if (seen.horizon_ms, seen.max_ids) != (p.dedup_horizon_ms, p.dedup_max_ids):
+        seen.configure(p.dedup_horizon_ms, p.dedup_max_ids)  # the current config wins
+    return seen
+
+
+def _drop_seen(batch: RecordBatch, seen: SeenSpanIds | None) -> RecordBatch:
+    """Drop spans seen in earlier batches, counted in ``skipped["duplicate_span"]``.
+
+    Runs over the whole batch in stream order before anything else, as the de-duplication rule
+    requires (see ``schemas/dedup.py``); the same accounting as ``BatchProcessor.preaggregate``.
+    """
+    if seen is None or batch.records.is_empty():
+        return batch
+    dup = duplicate_mask(batch.records, seen)
+    dropped = int(dup.sum())
+    if not dropped:
+        return batch
+    records = batch.records.filter(pl.Series(~dup))
+    offsets = None if batch.offsets is None else batch.offsets[~dup]
+    skipped = dict(batch.skipped)
+    skipped["duplicate_span"] = skipped.get("duplicate_span", 0) + dropped
+    top = records["end_time_ms"].max() if records.height else None
+    max_event_ms = None if top is None else int(top)  # type: ignore[arg-type]
+    return replace(
+        batch, records=records, skipped=skipped, max_event_ms=max_event_ms, offsets=offsets
+    )
+
+
+def _message_order(batch: RecordBatch) -> I64 | None:
+    """Return each record's message offset when it lines up with the records, else ``None``.
+
+    ``None`` judges record by record (a batch built without offsets, e.g. in tests); the
+    decoder always aligns them.
+    """
+    offsets = batch.offsets
+    if offsets is None or len(offsets) != batch.records.height:
+        return None
+    return offsets
 
 
 @dataclass
@@ -270,11 +372,24 @@ class _MergeStep:
         return None, [rows] if not rows.is_empty() else []
 
 
+def _late_partials(
+    agg: Aggregator, records: list[pl.DataFrame], partials: list[pl.DataFrame]
+) -> pl.DataFrame:
+    """Pre-aggregate held late records (in one call) and merge them with held partial rows."""
+    if records:
+        partials = [agg.partials(pl.concat(records, how="vertical_relaxed")), *partials]
+    return agg.merge(partials)
+
+
 def _finalize_late(agg: Aggregator, routed: Routed) -> tuple[str, pl.DataFrame]:
-    topic_part, offset, _ws = routed.key.split("@")
-    frame: pl.DataFrame = routed.payload
-    tag = "late-" + topic_part.replace("#", "-p") + f"-o{offset}"
-    return tag, agg.finalize(agg.merge([frame]), late=True)
+    """Finalize a released late group: its rows of every window it touched, under its tag.
+
+    One item per group (not per window): the cardinality limit and the observer handle several
+    windows per call, and the sinks write one file per window.
+    """
+    group: LateGroup = routed.payload
+    rows = agg.finalize(_late_partials(agg, list(group.records), list(group.partials)), late=True)
+    return late_tag(group), rows
 
 
 def _split_by_grain(

@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+import numpy as np
+import numpy.typing as npt
 import polars as pl
 
 from spanpulse.schemas.aggregate import Aggregator
@@ -85,6 +87,8 @@ class RecordBatch:
     lag: int | None
     caught_up: bool
     seconds: float  # time spent decoding
+    #: Kafka offset of each record's message, aligned with ``records`` (per-message lateness).
+    offsets: npt.NDArray[np.int64] | None = None
 
 
 class BatchDecoder(Protocol):
@@ -143,6 +147,7 @@ class BatchProcessor:
             lag=raw.lag,
             caught_up=raw.caught_up,
             seconds=self.timer() - t0,
+            offsets=decoded.offsets,
         )
 
     def preaggregate(self, batch: RecordBatch, seen: SeenSpanIds | None = None) -> PartialBatch:

@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
+import numpy as np
+import numpy.typing as npt
 import polars as pl
 
 from spanpulse.schemas.conventions import AttributeKeys
@@ -70,6 +72,10 @@ class DecodedBatch:
     spans_seen: int
     skipped: dict[str, int] = field(default_factory=dict)
     max_event_time_ms: int | None = None
+    #: Kafka offset of each record's message, aligned with ``records`` (None when empty).
+    #: Lateness is judged per message (an exporter batches a message's spans by resource, so
+    #: their end times are not in order), see ``PartitionTracker.late_marks``.
+    offsets: npt.NDArray[np.int64] | None = None
 
 
 def _wall_clock_ms() -> int:
@@ -219,13 +225,17 @@ class Decoder:
         dead = stage1.dead + _span_dead_letters(messages, rejected)
         skipped = dict(stage1.skipped)
         records = empty_records()
+        offsets = None
         valid = raw.filter(pl.col("_reason").is_null()).drop("_reason", "_detail")
         if valid.height:
             kept, dup_counts = deduplicate(normalize(valid))
             for name, n in dup_counts.items():
                 if n:
                     skipped[name] = skipped.get(name, 0) + n
-            records = _to_records(self.pricing.apply(kept))
+            priced = self.pricing.apply(kept)
+            records = _to_records(priced)
+            all_offsets = np.fromiter((m.offset for m in messages), np.int64, len(messages))
+            offsets = all_offsets[priced["msg_index"].to_numpy()]
         max_time = records["end_time_ms"].max() if records.height else None
         return DecodedBatch(
             records=records,
@@ -234,6 +244,7 @@ class Decoder:
             spans_seen=stage1.spans,
             skipped=skipped,
             max_event_time_ms=None if max_time is None else int(max_time),  # type: ignore[arg-type]
+            offsets=offsets,
         )
 
     def _batch_failure(self, messages: Sequence[Message], stage1: _Stage1) -> DecodedBatch:

@@ -229,16 +229,21 @@ def _earlier_in_group(keys: U64, ends: I64) -> I64:
     return out
 
 
-def drop_duplicates(records: pl.DataFrame, seen: SeenSpanIds) -> tuple[pl.DataFrame, int]:
-    """Drop records whose span was already seen (see the module rule); return kept and dropped.
+def duplicate_mask(records: pl.DataFrame, seen: SeenSpanIds) -> npt.NDArray[np.bool_]:
+    """Mark records whose span was already seen (see the module rule), remembering the others.
 
     ``records`` must be in the partition's stream order and carry ``trace_id``, ``span_id`` and
     ``end_time_ms``; a null end time counts as epoch 0 (decoders reject such spans anyway).
     """
     if records.is_empty():
-        return records, 0
+        return np.zeros(0, np.bool_)
     ids, known = span_hashes(records)
     ends = records["end_time_ms"].fill_null(0).to_numpy().astype(np.int64, copy=False)
-    dup = seen.check_and_add(ids, ends, known)
+    return seen.check_and_add(ids, ends, known)
+
+
+def drop_duplicates(records: pl.DataFrame, seen: SeenSpanIds) -> tuple[pl.DataFrame, int]:
+    """Drop records whose span was already seen (see :func:`duplicate_mask`); return the rest."""
+    dup = duplicate_mask(records, seen)
     n = int(dup.sum())
     return (records.filter(pl.Series(~dup)) if n else records), n

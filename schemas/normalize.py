@@ -402,7 +402,7 @@ def _tokens() -> list[pl.Expr]:
 
 
 def normalize(valid: pl.DataFrame) -> pl.DataFrame:
-    """Normalize validated raw rows: record columns plus ``cache_write_tokens``/``response_id``.
+    """Normalize validated rows: record columns plus cache writes, response id and message index.
 
     Cost and context window are added later by :class:`~.pricing.Pricing`.
 
@@ -431,6 +431,7 @@ def normalize(valid: pl.DataFrame) -> pl.DataFrame:
         "span_cost_usd",
         "cache_write_tokens",
         "response_id",
+        "msg_index",  # the message each record came from: lateness is judged per message
     )
 
 

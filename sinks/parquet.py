@@ -6,7 +6,8 @@ A file name derived only from the grain, the window and a caller-chosen tag make
 *overwrite* the earlier file instead of adding a duplicate, and writing to a temporary name,
 ``fsync`` and ``os.replace`` means a reader (DuckDB globbing the tree) sees either the old file
 or the new one, never a torn one.  Temporary names do not end in ``.parquet`` so the query
-glob never picks them up.
+glob never picks them up.  A :class:`RewindJournal` records which files an epoch wrote, so a
+sink that writes per epoch can delete the files of epochs the recovery store never committed.
 
 Layout (hive partitioning, see ``docs/query.md``)::
 
@@ -16,6 +17,7 @@ Layout (hive partitioning, see ``docs/query.md``)::
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import threading
@@ -28,7 +30,7 @@ import polars as pl
 from spanpulse.schemas.record import DIMENSIONS
 from spanpulse.schemas.rollup_schema import ROLLUP_SCHEMA, conform_rollups
 
-__all__ = ["COMPRESSIONS", "ROLLUP_SCHEMA", "RollupWriter", "rollup_path"]
+__all__ = ["COMPRESSIONS", "ROLLUP_SCHEMA", "RewindJournal", "RollupWriter", "rollup_path"]
 
 Compression = Literal["uncompressed", "snappy", "gzip", "brotli", "lz4", "zstd"]
 #: Compression codecs accepted by Polars' Parquet writer.
@@ -97,24 +99,33 @@ class RollupWriter:
 
         A second call with the same window, grain and ``tag`` replaces the earlier file, so a
         replayed window never duplicates rows.  Late rows use their own tag (for example
-        ``late-<partition>-<seq>``) so they sit next to the final file instead of replacing it.
-        An empty frame writes nothing.
+        ``late-<topic>-p<partition>-wm<sealed point>``) so they sit next to the final file
+        instead of replacing it.  An empty frame writes nothing.
         """
+        paths = []
+        for path, part in self._files(rows, tag):
+            self._write_atomic(part.sort(_SORT_KEYS, nulls_last=True), path)
+            paths.append(path)
+        return paths
+
+    def paths(self, rows: pl.DataFrame, *, tag: str = "final") -> list[Path]:
+        """Return the files :meth:`write_window` would write for ``rows`` (nothing is written)."""
+        return [path for path, _part in self._files(rows, tag)]
+
+    def _files(self, rows: pl.DataFrame, tag: str) -> list[tuple[Path, pl.DataFrame]]:
         _check_name("tag", tag)
         if rows.is_empty():
             return []
         conformed = conform_rollups(rows)
         window_start = _as_utc(_window_start(conformed))
-        paths = []
+        files = []
         for grain in sorted(conformed.get_column("grain").unique().to_list()):
             if grain is None:
                 msg = "rollup rows need a grain; got a null grain"
                 raise ValueError(msg)
             path = rollup_path(self.root, grain, window_start, tag)
-            part = conformed.filter(pl.col("grain") == grain).sort(_SORT_KEYS, nulls_last=True)
-            self._write_atomic(part, path)
-            paths.append(path)
-        return paths
+            files.append((path, conformed.filter(pl.col("grain") == grain)))
+        return files
 
     def _write_atomic(self, frame: pl.DataFrame, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,3 +150,75 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class RewindJournal:
+    """Which files each epoch of one sink partition wrote, so a resumed sink can take them back.
+
+    Why: a sink that writes in its ``snapshot()`` may have written an epoch's files when the
+    process dies before the recovery store committed that epoch; the resumed dataflow replays the
+    epoch, and the files must not stay as well.  Before writing, the sink records the epoch's
+    sequence number and paths here (one small JSON file per epoch, written atomically); on
+    resume it calls :meth:`rewind` with the restored sequence number, which deletes the files of
+    every later epoch (the replay writes them again).  Only the last ``keep`` epochs are kept:
+    the recovery store never resumes that far back (it commits every epoch or two).
+
+    Args:
+        directory: this partition's journal directory (created on first use).
+        root: the directory the recorded paths are relative to.
+        keep: how many recorded epochs to keep.
+    """
+
+    def __init__(self, directory: Path, root: Path, keep: int = 100) -> None:
+        self.directory = Path(directory)
+        self.root = Path(root)
+        self.keep = keep
+
+    def record(self, seq: int, paths: list[Path]) -> None:
+        """Record that epoch ``seq`` is about to write ``paths`` (call before writing them)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        body = json.dumps({"seq": seq, "paths": [str(p.relative_to(self.root)) for p in paths]})
+        entry = self._entry(seq)
+        tmp = entry.with_name(f".{entry.name}.tmp")
+        with tmp.open("w") as fh:
+            fh.write(body)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, entry)
+        _fsync_dir(self.directory)
+        for old in self._recorded():
+            if old <= seq - self.keep:
+                self._entry(old).unlink(missing_ok=True)
+
+    def rewind(self, seq: int | None) -> list[Path]:
+        """Resume at ``seq``: delete the files of epochs ``>= seq``; return the deleted files.
+
+        ``None`` (no restored state: a new recovery store, or this partition's first epoch was
+        never committed) deletes no data file -- an older journal then belongs to another store
+        -- and only forgets the journal.
+        """
+        deleted: list[Path] = []
+        for old in self._recorded():
+            entry = self._entry(old)
+            if seq is not None and old >= seq:
+                deleted += self._delete_files(entry)
+            entry.unlink(missing_ok=True)
+        return deleted
+
+    def _delete_files(self, entry: Path) -> list[Path]:
+        paths = [self.root / p for p in json.loads(entry.read_text())["paths"]]
+        gone = []
+        for path in paths:
+            if path.exists():
+                path.unlink()
+                _fsync_dir(path.parent)
+                gone.append(path)
+        return gone
+
+    def _recorded(self) -> list[int]:
+        if not self.directory.is_dir():
+            return []
+        return sorted(int(p.stem) for p in self.directory.glob("*.json"))
+
+    def _entry(self, seq: int) -> Path:
+        return self.directory / f"{seq:012d}.json"

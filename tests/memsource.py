@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import polars as pl
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -31,6 +32,7 @@ class FakeDecoded:
     spans_seen: int = 0
     skipped: dict = field(default_factory=dict)
     max_event_time_ms: int | None = None
+    offsets: np.ndarray | None = None
 
 
 class FakeDecoder:
@@ -38,7 +40,9 @@ class FakeDecoder:
         rows = [r for m in messages for r in m.rows]
         df = conform(pl.DataFrame(rows)) if rows else conform(pl.DataFrame())
         mx = df["end_time_ms"].max() if rows else None
-        return FakeDecoded(df, [], len(messages), len(rows), {}, mx)
+        # Like the real decoder: each record carries its message's offset (per-message lateness).
+        offsets = np.array([m.offset for m in messages for _ in m.rows], np.int64)
+        return FakeDecoded(df, [], len(messages), len(rows), {}, mx, offsets if rows else None)
 
 
 class _Part(StatefulSourcePartition[RawBatch, int]):

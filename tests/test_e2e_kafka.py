@@ -197,7 +197,11 @@ def test_every_message_and_span_is_accounted_for(e2e):
         t["spans_seen"] == t["records"] + sum(t["skipped"].values()) + 1
     )  # the one rejected span_json record
     assert t["records"] == e2e["expected"].height
-    assert t["late_calls"] == 0
+    # Each convention's slice repeats the same 20 minutes on the topic, so the second and later
+    # slices are late for their partition (judged per record, whatever the batch cuts): every
+    # record is either in an on-time window or in a late-rows file, never both or neither.
+    assert t["late_calls"] > 0
+    assert t["rolled_up_calls"] + t["late_calls"] == t["records"]
 
 
 def test_rollups_equal_independent_recomputation(e2e):

@@ -56,7 +56,7 @@ def _run(parts: dict[str, list], lateness_ms: int = 10_000):
     rollups, dead = ListSink(), ListSink()
     run_main(build_flow(params, src, FlowSinks(rollups, dead)))
     finals = [rows for tag, rows in rollups.items if tag == "final"]
-    late = [rows for tag, rows in rollups.items if tag != "final"]
+    late = [(tag, rows) for tag, rows in rollups.items if tag != "final"]
     return (pl.concat(finals) if finals else pl.DataFrame()), late
 
 
@@ -91,7 +91,7 @@ def test_every_grain_reconciles_to_the_same_totals():
     rows = _rows(2000, 3, T0, 20 * MIN)
     finals, late = _run({"t#0": batches_for("t#0", rows, 137)})
     assert late, "shuffled input with 10 s lateness must produce late rows"
-    every = pl.concat([finals, *late])
+    every = pl.concat([finals, *(rows for _tag, rows in late)])
     sums = every.group_by("grain").agg(
         pl.col("calls", "input_tokens", "output_tokens", "cost_nanos").sum()
     )
@@ -112,13 +112,49 @@ def test_batch_boundaries_do_not_change_the_output():
     assert a.sort(key, nulls_last=True).equals(b.sort(key, nulls_last=True))
 
 
+def test_batch_boundaries_change_neither_late_rows_nor_their_files():
+    # Up to 3 minutes out of order with 10 s of lateness: many records are late.  Cut into
+    # batches three ways, on-time windows and late groups (rows and file tags) are equal.
+    rows = _rows(1000, 8, T0, 15 * MIN)
+    arrival = np.array([r["end_time_ms"] for r in rows]) + np.random.default_rng(9).integers(
+        0, 3 * MIN, len(rows)
+    )
+    rows = [rows[i] for i in np.argsort(arrival, kind="stable")]
+    runs = [_run({"t#0": batches_for("t#0", rows, n)}) for n in (1000, 97, 13)]
+    key = ["grain", "window_start", "tenant", "model", "feature", "prompt_version"]
+    (finals, late), *others = runs
+    assert 200 < sum(_calls(r) for _tag, r in late) < 800
+    for other_finals, other_late in others:
+        assert finals.sort(key, nulls_last=True).equals(other_finals.sort(key, nulls_last=True))
+        files, other_files = _by_tag(late), _by_tag(other_late)
+        assert files.keys() == other_files.keys()
+        assert all(files[f].equals(other_files[f]) for f in files)
+
+
+def _calls(rows: pl.DataFrame) -> int:
+    return int(rows.filter(pl.col("grain") == "tenant")["calls"].sum())
+
+
+def _by_tag(items: list[tuple[str, pl.DataFrame]]) -> dict[tuple[str, str, object], pl.DataFrame]:
+    """Late items by file (tag, grain, window); each file must come exactly once."""
+    out = {}
+    for tag, rows in items:
+        for (ws,), window in rows.group_by("window_start"):
+            file = (tag, rows["grain"][0], ws)
+            assert file not in out, f"late file {file} emitted twice"
+            out[file] = window.sort(
+                ["tenant", "model", "feature", "prompt_version"], nulls_last=True
+            )
+    return out
+
+
 def test_records_behind_the_partition_watermark_are_late_and_kept():
     on_time = [r | {"end_time_ms": T0 + 10 * MIN + i} for i, r in enumerate(_rows(100, 5, T0, 1))]
     stragglers = [r | {"end_time_ms": T0 + i} for i, r in enumerate(_rows(7, 6, T0, 1))]
     parts = {"t#0": batches_for("t#0", on_time, 100)[:-1] + batches_for("t#0", stragglers, 7)}
     finals, late = _run(parts, lateness_ms=30_000)
     assert int(finals.filter(pl.col("grain") == "tenant")["calls"].sum()) == 100
-    late_rows = pl.concat(late)
+    late_rows = pl.concat(rows for _tag, rows in late)
     assert late_rows["grain"].n_unique() == len(GRAINS)
     assert late_rows["late"].all()
     assert int(late_rows.filter(pl.col("grain") == "tenant")["calls"].sum()) == 7
@@ -134,6 +170,7 @@ def test_out_of_order_within_lateness_is_on_time(lateness_ms):
         {"t#0": batches_for("t#0", rows[:25], 25)[:-1] + batches_for("t#0", rows[25:], 25)},
         lateness_ms,
     )
-    # Windows are judged by the watermark *before* each batch, so same-window disorder is never late.
+    # A record is judged by the sealed point just before it (a window boundary at least
+    # `lateness` behind the largest end time so far): disorder within the window is never late.
     assert late == []
     assert int(finals.filter(pl.col("grain") == "tenant")["calls"].sum()) == 50
