@@ -42,6 +42,12 @@ def check_invariants(batch: DecodedBatch, n_messages: int) -> None:
     assert all(d.stage == "decode" or d.reason == "normalize_error" for d in message_dead)
     if batch.records.height:
         assert batch.max_event_time_ms == batch.records["end_time_ms"].max()
+        # Each record's message offset, aligned and in stream order (per-message lateness).
+        offsets = batch.offsets
+        assert offsets is not None and len(offsets) == batch.records.height
+        assert (offsets[1:] >= offsets[:-1]).all()
+        dead_offsets = {d.offset for d in message_dead}
+        assert dead_offsets.isdisjoint(offsets.tolist())
     else:
         assert batch.max_event_time_ms is None
 
@@ -82,6 +88,11 @@ def test_accounting_invariants_otlp(kinds: list[str], picks: list[int], encoding
     batch = make_decoder(encoding, max_message_bytes=4000).decode(messages(values))
     check_invariants(batch, len(values))
     assert batch.spans_seen == spans_total
+    # Span ids encode their message's index (1000 * i + j + 1): offsets point at the right one.
+    for span_id, offset in zip(
+        batch.records["span_id"], batch.offsets if batch.records.height else [], strict=True
+    ):
+        assert 100 + (int(span_id, 16) - 1) // 1000 == offset
     assert batch.skipped.get("duplicate_span", 0) == kinds.count("duplicate")
     reasons = [d.reason for d in batch.dead_letters if d.span_index is None]
     assert reasons.count("empty_message") == kinds.count("empty") + kinds.count("none")
@@ -110,6 +121,10 @@ def test_accounting_invariants_span_json(values: list[bytes]) -> None:
     check_invariants(batch, len(values))
     message_dead = sum(d.span_index is None for d in batch.dead_letters)
     assert batch.spans_seen == len(values) - message_dead
+    if batch.records.height:  # one span per message: each kept message once, none dead-lettered
+        offsets = batch.offsets.tolist()
+        assert len(set(offsets)) == len(offsets)
+        assert {d.offset for d in batch.dead_letters}.isdisjoint(offsets)
 
 
 def test_dead_letter_envelope_round_trip() -> None:
