@@ -318,8 +318,8 @@ _REASON_DETAILS: Final[dict[str, str]] = {
     "negative_cost": "the span-reported cost is negative",
     "absurd_cost": "the span-reported cost exceeds the per-call maximum",
     "negative_duration": "the time to first token is negative",
-    "timestamp_out_of_range": "the span end time is missing, before the minimum time or too far "
-    "in the future",
+    "timestamp_out_of_range": "the span end time is missing or too far in the future, or a span "
+    "time is before the minimum time",
     "end_before_start": "the span ends before it starts",
 }
 
@@ -350,8 +350,8 @@ def reject_reasons(
         .then(pl.lit("absurd_cost"))
         .when(pl.col("ttft_s") < 0)
         .then(pl.lit("negative_duration"))
-        .when(end.is_null() | (end < lo_ns) | (end > hi_ns))
-        .then(pl.lit("timestamp_out_of_range"))
+        .when(end.is_null() | (end < lo_ns) | (end > hi_ns) | (pl.col("start_ns") < lo_ns))
+        .then(pl.lit("timestamp_out_of_range"))  # a 1970 start would be a 56-year latency
         .when(end < pl.col("start_ns"))
         .then(pl.lit("end_before_start"))
     )

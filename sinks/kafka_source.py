@@ -27,6 +27,13 @@ from spanpulse.schemas.decode import Message
 
 log = logging.getLogger(__name__)
 
+#: librdkafka's ``receive.message.max.bytes`` for the input consumers: its largest value.
+#: A fetch response larger than this is refused and the consumer retries the same offset
+#: forever (the default, 100 MB, stalled a partition on a 120 MB message).  Any message the
+#: broker accepted must be readable so the decoder can dead-letter it (``message_too_large``);
+#: the memory is only taken when such a message arrives.  ``[kafka.properties]`` overrides it.
+RECEIVE_MESSAGE_MAX_BYTES = 2_147_483_647
+
 
 class SourceError(RuntimeError):
     """The input cannot be read (unreachable broker, missing topic): a one-line reason."""
@@ -242,6 +249,7 @@ class SpanSource(FixedPartitionedSource[RawBatch, int]):
         """Open a consumer assigned to one partition, at the resumed offset if any."""
         topic, _, part = for_part.rpartition("#")
         conf = {
+            "receive.message.max.bytes": str(RECEIVE_MESSAGE_MAX_BYTES),
             **self.client_config,
             "group.id": "spanpulse-unused",  # manual assignment; offsets live in recovery state
             "enable.auto.commit": "false",

@@ -89,3 +89,51 @@ def test_llm_call_without_trace_id(broker: EmbeddedBroker, tmp_path: Path) -> No
     )  # fmt: skip
     assert not [f for f in res.failures if f.startswith("job crashed")], res.failures
     assert res.failures == [], res.failures
+
+
+def test_message_over_the_consumer_default_receive_limit(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """A 120 MB message (over librdkafka's 100 MB default response size; tansu accepts it) is
+    dead-lettered, and the messages around it are rolled up: the partition does not stall."""
+    import subprocess
+    import sys
+    import uuid
+
+    from confluent_kafka import Producer
+
+    from spanpulse.broker import create_topics
+
+    tag = uuid.uuid4().hex[:8]
+    topic, dlq = f"big-{tag}", f"big-dlq-{tag}"
+    create_topics(broker.bootstrap, [topic, dlq, f"big-alerts-{tag}"], partitions=1)
+    end_ms = int(time.time() * 1000) - 120_000
+
+    def call(i: int) -> bytes:
+        span = {"end_time": end_ms + i, "model": "gpt-4o", "input_tokens": 5, "output_tokens": 3,
+                "trace_id": f"{i + 1:032x}", "span_id": f"{i + 1:016x}", "tenant": "acme"}  # fmt: skip
+        return json.dumps(span).encode()
+
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "message.max.bytes": 200_000_000})
+    for i in range(3):
+        producer.produce(topic, call(i))
+    producer.produce(topic, b"{" + b"x" * 120_000_000)
+    for i in range(3, 6):
+        producer.produce(topic, call(i))
+    assert producer.flush(30) == 0
+    del producer
+    cfg = tmp_path / "spanpulse.toml"
+    cfg.write_text(
+        f'[kafka]\nbootstrap_servers = "{broker.bootstrap}"\ndead_letter_topic = "{dlq}"\n'
+        f'alert_topic = "big-alerts-{tag}"\n[[inputs]]\ntopic = "{topic}"\nencoding = "span_json"\n'
+        f'[rollups]\noutput_dir = "{tmp_path / "out"}"\n[metrics]\nport = 0\n'
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "spanpulse.cli", "run", "--config", str(cfg), "--until-caught-up"],
+        capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    totals = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert totals["messages"] == 7
+    assert totals["dead_letters"] == {"message_too_large": 1}
+    assert totals["rolled_up_calls"] == 6

@@ -204,6 +204,9 @@ REJECT_TABLE = [
     ({"end_ns": (NOW_MS + 3_600_000) * 1_000_000}, None),
     ({"start_ns": END_NS + 1}, "end_before_start"),
     ({"start_ns": None}, None),
+    ({"start_ns": 0}, "timestamp_out_of_range"),  # unset OTLP start: not a 56-year latency
+    ({"start_ns": 946_684_799_999 * 1_000_000}, "timestamp_out_of_range"),
+    ({"start_ns": 946_684_800_000 * 1_000_000}, None),
 ]
 
 
