@@ -8,8 +8,15 @@ ranked by its *excess over its own normal*, not by its size.
 * Additive signals (cost, calls, tokens): ``excess = child value - child baseline``.
 * Proportions: ``excess = child successes - child baseline rate * child trials``
   (the extra events this child produced).
-* Other values (percentiles, per-call means): ``excess = (value - baseline) * calls``,
-  weighted by the child's share of calls.
+* Other values (per-call means): ``excess = (value - baseline) * calls``, weighted by the
+  child's share of calls.
+* Percentiles rank children by the excess of the per-call mean of the same quantity
+  (:data:`PERCENTILE_PROXIES`): a child is a slice of the parent's calls, usually far below the
+  50 calls a window needs for a p95 (the p95 of 8 calls is their maximum), so a tenant's
+  output-tokens p95 alert would otherwise name no model at all.  Every child with calls has a
+  mean, and the slice whose mean rose with many calls is the one that moved the parent's
+  distribution.  The contributor's ``observed``/``expected`` stay the child's own p95 and its
+  baseline when it has them (null otherwise), so no number changes its meaning.
 
 ``share`` is the child's excess over the total positive excess of all children of its
 breakdown (when a parent has several, e.g. by model and by feature, the one whose top child
@@ -25,12 +32,22 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 from spanpulse.detectors.signals import Signal, signal_value
 from spanpulse.schemas.alert import Contributor
 
 ChildKey = tuple[tuple[str, str], ...]
+
+#: Percentile signal -> the per-call mean children are ranked by (see the module docstring).
+#: Context fill is input tokens over the model's context window, so among the children of one
+#: series their input tokens per call move with it.
+PERCENTILE_PROXIES: Final[Mapping[str, str]] = {
+    "input_tokens_p95": "input_tokens_per_call",
+    "output_tokens_p95": "output_tokens_per_call",
+    "latency_p95": "latency_mean",
+    "context_fill_p95": "input_tokens_per_call",
+}
 
 
 def child_key(dimensions: Mapping[str, str]) -> ChildKey:
@@ -108,14 +125,26 @@ class ChildBaselines:
         same calls, and the breakdown whose top child explains the largest share wins -- the
         alert names the model *or* the feature that drove the change, whichever explains more.
         """
+        rank_by = PERCENTILE_PROXIES.get(name, name)
         groups: dict[tuple[str, ...], list[tuple[float, Contributor]]] = {}
         for key, signals, calls in children:
-            sig = signals.get(name)
+            sig = signals.get(rank_by)
             if sig is None:
                 continue
-            excess, expected = self._excess(key, name, sig, additive, calls, parent_rate)
+            excess, expected = self._excess(key, rank_by, sig, additive, calls, parent_rate)
+            if rank_by != name:  # report the child's own percentile, not the proxy
+                own, base = signals.get(name), self.baseline(key, name)
+                contributor = Contributor(
+                    dict(key),
+                    None if own is None else signal_value(own),
+                    None if base is None else base[0],
+                    None,
+                    calls,
+                )
+            else:
+                contributor = _contributor(key, sig, expected, calls)
             group = groups.setdefault(tuple(d for d, _ in key), [])
-            group.append((excess, _contributor(key, sig, expected, calls)))
+            group.append((excess, contributor))
         best: list[Contributor] = []
         for rows in groups.values():
             total = sum(e for e, _ in rows if e > 0)

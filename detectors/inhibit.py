@@ -2,62 +2,125 @@
 
 Why: a provider-side problem on one model (say, a quarter of ``gpt-4o`` calls stopping on
 ``length``) moves the length-stop share of the model, of every busy tenant that uses the
-model, of every (tenant, model) pair, and both the statistical and the rule detectors see it.
+model, of every (tenant, model) pair, and both the statistical and the rule detectors see it;
+the truncated answers also raise the output-token p95, the latency and the parse failures.
 Each of those alerts is true, but only the model's one is worth waking up for; the others
 are its symptoms.  Alertmanager solves this with *inhibit rules*; this is the same idea,
-applied where the alerts are made, with rules derived from the grains themselves.
+applied where the alerts are made, with rules derived from the grains, the contributors and
+the signals themselves.  The opposite direction matters as much: when one big tenant's
+prompts grow, every model it calls shows a creeping context fill, and the tenant is the cause.
 
-An alert ``A`` is **covered** by an open (published) alert ``B`` on the same *signal* (the
-metric without a rule's operator: ``length_share>0.05`` is ``length_share``) when
+**Related signals.**  An alert on signal ``c`` explains a symptom on signal ``s`` when
+``s == c`` (the metric without a rule's operator: ``length_share>0.05`` is ``length_share``)
+or ``s`` is in :data:`EXPLAINS` ``[c]``: more length stops mean longer outputs, slower calls
+and truncated JSON; input tokens (p95 and per call) and context fill measure one prompt size.
+The relation is directed: a latency alert never explains a length-stop alert.
 
-1. ``B`` is on the same series (same grain and dimensions) from another detector family --
-   a rule and a proportion shift seeing the same jump are one alert; or
+**Blame.**  An alert *blames* a series when its top contributor explains at least
+:data:`BLAME_SHARE` of its change; the series blamed is the contributor's dimensions that the
+alert does not have (``tenant=t-3`` for a ``model=o3`` alert whose top contributor is
+``tenant=t-3, model=o3``), and any series between that and the contributor is "the blamed
+series" (``tenant=t-3`` and the pair).  A model-wide problem spreads over the model's tenants
+(none explains half of it unless it is half the traffic), so a tenant that explains most of a
+model's change is that change's cause.
+
+An alert ``A`` is **covered** by an open (published) alert ``B`` whose signal explains ``A``'s
+when
+
+1. ``B`` is on the same series, from another detector or on another (related) signal -- a rule
+   and a proportion shift seeing the same jump, or the input-token drift and the context-fill
+   drift of one tenant, are one page; or
 2. ``B``'s dimensions are a strict subset of ``A``'s -- ``model=gpt-4o`` covers
    ``tenant=acme, model=gpt-4o``; or
-3. ``A``'s top contributor (the child series that explains most of its change) blames what
-   ``B`` is about: the dimension the breakdown adds (``model=gpt-4o`` in the contributor
+3. (unless ``A`` is a cause, below) ``A``'s top contributor (the child series that explains
+   most of its change) points at
+   ``B``: the dimension the breakdown adds (``model=gpt-4o`` in the contributor
    ``tenant=acme, model=gpt-4o``) has ``B``'s value, ``B`` agrees with ``A`` on the dimensions
-   they share and ``B`` is not on a finer grain -- a tenant whose length-share jump is mostly
-   its ``gpt-4o`` calls is covered by the ``gpt-4o`` alert, one whose context-fill creep is
-   mostly its ``feature=agent`` calls by the ``feature=agent, prompt_version=v21`` alert; or
+   they share and ``B`` is not on a finer grain; or
 4. ``A`` is a per-tenant alert without contributors and ``B`` a fleet-level one (no
-   ``tenant`` dimension): while ``feature=agent``'s context fill is creeping up, the tenants
-   whose fill creeps with it are its symptoms, and with no breakdown pointing at another
-   cause there is nothing to tell them apart from it.  A per-tenant alert whose contributors
-   point elsewhere is not held by this rule, nor one whose tenant is the fleet alert's top
-   contributor (then the tenant is the cause and the fleet alert its symptom).
+   ``tenant`` dimension) that agrees with ``A`` on the dimensions they share: with no
+   breakdown pointing at another cause there is nothing to tell them apart; or
+5. every finer alert on ``A``'s signal (``tenant=acme, model=X`` for ``tenant=acme``) is a
+   slice of ``B``'s series (so held by rule 2) and none is published, and ``A``'s top
+   contributor comes from that finer grain (or ``A`` has none): the finer detectors watch
+   the same signal on each slice, and the only slices they found abnormal are symptoms of
+   ``B`` -- what else the breakdown shows is noise; or
+6. ``A`` blames ``B``'s series and ``B`` is on a finer grain (``model=o3`` blaming
+   ``tenant=t-3``, whose own alert is open): the model alert is the symptom.
 
-Within one window, alerts are considered coarse grain first (grains without ``tenant``
-before grains with it, then fewer dimensions first), so the fleet-level cause is published
-and its per-tenant symptoms are held back.  A covered alert is not published; its
-``resolved`` is not published either.  If the covering alert resolves while a covered one is
-still firing ``release_after`` windows later, the covered one is published then (the symptom
-outlived its cause and now deserves its own page); the grace period absorbs the usual
-difference in how fast detectors of different grains resolve.  Release-regression and budget
-alerts are never covered: they carry information (the version comparison, the money) no
-other alert has.
+Rules 1 and 3 also follow a *held* alert to the open alert holding it: a symptom of a symptom
+is a symptom of the cause.  ``A`` is a **cause**, not covered by rules 3-6, when an open or
+deferred alert that is not on a finer grain blames ``A``'s series on a signal ``A`` explains
+(so a tenant the model alerts blame pages even if its breakdown points at some open feature
+alert, and in mutual blame the finer series is the cause).
 
-Pure and deterministic; the state is small (open and held alerts) and picklable.
+**Short hold.**  A finer series needs more windows of evidence than a coarse one (it sees a
+fraction of the calls), so the coarse symptom usually fires first.  An alert that blames a
+series of a finer grain with no open alert yet is *deferred* for up to ``defer_windows``
+windows: if an alert explaining it opens on the blamed series meanwhile, it is held as that
+alert's symptom; if the blamed series' alert was held (covered by some other open alert), it is
+published instead -- being blamed makes it a cause (it is *promoted*) -- and the deferred alert
+is held by it; otherwise the deferred alert is published when the hold ends.  A deferred alert
+that resolves while waiting with no cause in sight is published with its ``resolved``, so the
+hold delays an alert but never hides one.  The default (3 windows) is the time-to-detect
+target: a finer series' alert that takes longer is no longer "the same moment".
+
+Within one window, alerts are considered coarse grain first (grains without ``tenant`` before
+grains with it, then fewer dimensions first; then causes before the signals they explain), so
+the fleet-level cause is published and its per-tenant symptoms are held back.  A covered or
+deferred alert is not published; neither is its ``resolved``.  A covered alert still firing
+``release_after`` windows after the *last* alert explaining it resolved is published then (the
+symptom outlived its cause and now deserves its own page); the grace period absorbs the usual
+difference in how fast detectors of different families and grains resolve.  An
+alert published in a later window than it was produced for carries the window it is published
+in (``started_at`` still says when the anomaly began), so time to detect stays honest.
+Release-regression and budget alerts are never covered or deferred: they carry information
+(the version comparison, the money) no other alert has.
+
+Pure and deterministic; the state is small (open, held and deferred alerts) and picklable.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Final
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, Final
 
 from spanpulse.schemas.alert import Alert
 
 #: Families whose alerts are never held back.
 NEVER_COVERED: Final = frozenset({"release_regression", "budget_burn"})
 
+#: A contributor explaining at least this share of a change is the change's cause (the
+#: evaluation's ``MIN_CONTRIBUTOR_SHARE`` uses the same bar to attribute an alert).
+BLAME_SHARE: Final = 0.5
+
+_OUTPUT: Final = frozenset({"output_tokens_p95", "output_tokens_per_call"})
+_SLOWER: Final = frozenset({"latency_p95", "latency_mean"})
+_PROMPT: Final = frozenset({"input_tokens_p95", "input_tokens_per_call", "context_fill_p95"})
+
+#: Cause signal -> the signals of its symptoms (besides itself); see the module docstring.
+EXPLAINS: Final[Mapping[str, frozenset[str]]] = {
+    "length_share": _OUTPUT | _SLOWER | {"parse_failure_rate"},
+    **{s: (_OUTPUT - {s}) | _SLOWER for s in _OUTPUT},
+    **{s: _PROMPT - {s} for s in _PROMPT},
+}
+
 _OPERATOR: Final = re.compile(r"[<>=]")
+
+Dims = Mapping[str, str]
 
 
 def signal_of(alert: Alert) -> str:
     """Return the alert's signal: its metric, without a threshold rule's operator and value."""
     return _OPERATOR.split(alert.metric, maxsplit=1)[0]
+
+
+def explains(cause: str, symptom: str) -> bool:
+    """Whether an alert on signal ``cause`` can explain one on signal ``symptom``."""
+    return cause == symptom or symptom in EXPLAINS.get(cause, ())
 
 
 def grain_rank(grain: str) -> tuple[int, int]:
@@ -66,110 +129,319 @@ def grain_rank(grain: str) -> tuple[int, int]:
     return ("tenant" in dims, len(dims))
 
 
+def _cause_rank(signal: str) -> int:
+    """Signals that explain more come first, so a window's cause is published before symptoms."""
+    return -len(EXPLAINS.get(signal, ()))
+
+
 @dataclass(frozen=True)
 class _Open:
-    """What coverage needs to know about a published, still-open alert."""
+    """What coverage needs to know about a published, still-open (or a deferred) alert."""
 
     signal: str
     detector: str
     grain: str
     dimensions: tuple[tuple[str, str], ...]
     blames: tuple[tuple[str, str], ...] = ()  # its top contributor's dimensions
+    share: float = 0.0  # the top contributor's share of the change (0: unknown, blames nothing)
 
-
-@dataclass
-class Inhibitor:
-    """Hold back alerts that an open, coarser (or sibling-detector) alert already explains.
-
-    Feed each closed window's alerts of *all* grains at once to :meth:`process`, in window
-    order.
-    """
-
-    release_after: int = 10
-    open: dict[str, _Open] = field(default_factory=dict)
-    held: dict[str, tuple[str, Alert]] = field(default_factory=dict)  # fingerprint -> (by, alert)
-    orphaned: dict[str, int] = field(default_factory=dict)  # held, cover resolved: windows since
-    inhibited: int = 0  # firing alerts held back so far (a counter for the metrics)
-
-    def process(self, alerts: Sequence[Alert]) -> list[Alert]:
-        """Return the alerts of one window that should be published, in a stable order."""
-        out: list[Alert] = self._release_orphans()
-        ordered = sorted(alerts, key=lambda a: (grain_rank(a.grain), a.status != "resolved"))
-        for a in ordered:
-            if a.status == "resolved":
-                out += self._resolve(a)
-            else:
-                out += self._fire(a)
-        return out
-
-    def _fire(self, a: Alert) -> list[Alert]:
-        if a.fingerprint in self.held:  # still covered (e.g. a re-delivered window)
-            return []
-        by = None if a.detector in NEVER_COVERED else self._covering(a)
-        if by is not None:
-            self.held[a.fingerprint] = (by, a)
-            self.inhibited += 1
-            return []
-        top = a.contributors[0].dimensions if a.contributors else {}
-        self.open[a.fingerprint] = _Open(
+    @classmethod
+    def of(cls, a: Alert) -> _Open:
+        top = a.contributors[0] if a.contributors else None
+        return cls(
             signal_of(a),
             a.detector,
             a.grain,
             tuple(sorted(a.dimensions.items())),
-            tuple(sorted(top.items())),
+            tuple(sorted(top.dimensions.items())) if top else (),
+            float(top.share) if top and top.share is not None else 0.0,
         )
+
+    def blamed(self) -> dict[str, str]:
+        """Return the series this alert blames (empty when no contributor explains half of it)."""
+        if self.share < BLAME_SHARE:
+            return {}
+        own = dict(self.dimensions)
+        return {k: v for k, v in self.blames if k not in own}
+
+    def blames_series(self, dims: Dims) -> bool:
+        """Whether ``dims`` lies between the blamed series and the top contributor."""
+        blamed = self.blamed()
+        return bool(blamed) and _subset(blamed, dims) and _subset(dims, dict(self.blames))
+
+
+@dataclass
+class Inhibitor:
+    """Hold back alerts that an open alert already explains (see the module docstring).
+
+    Feed each closed window's alerts of *all* grains at once to :meth:`process`, in window
+    order.
+
+    Args:
+        release_after: windows a held alert must outlive its cover before it is published.
+        defer_windows: windows an alert that blames a finer series may wait for its alert.
+    """
+
+    release_after: int = 10
+    defer_windows: int = 3
+    open: dict[str, _Open] = field(default_factory=dict)
+    held: dict[str, tuple[str, Alert]] = field(default_factory=dict)  # fingerprint -> (by, alert)
+    orphaned: dict[str, int] = field(default_factory=dict)  # held, cover resolved: windows since
+    deferred: dict[str, tuple[int, Alert]] = field(default_factory=dict)  # fp -> (waited, alert)
+    recent: dict[str, tuple[_Open, int]] = field(default_factory=dict)  # resolved: windows since
+    inhibited: int = 0  # times a firing alert was held back (a counter: it never decreases)
+    now: datetime | None = None  # start of the window being processed
+    _window: list[Alert] = field(default_factory=list, repr=False)  # its not yet judged alerts
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore state pickled by an older version (fields added since get their defaults)."""
+        self.__dict__.update(vars(Inhibitor()))
+        self.__dict__.update(state)
+
+    def process(self, alerts: Sequence[Alert], window_start: datetime | None = None) -> list[Alert]:
+        """Return the alerts of one window that should be published, in a stable order."""
+        starts = [a.window_start for a in alerts]
+        self.now = window_start or max([*starts, *([self.now] if self.now else [])], default=None)
+        self._age()
+        out: list[Alert] = []
+        ordered = sorted(
+            alerts,
+            key=lambda a: (grain_rank(a.grain), a.status != "resolved", _cause_rank(signal_of(a))),
+        )
+        for i, a in enumerate(ordered):
+            self._window = ordered[i + 1 :]
+            out += self._resolve(a) if a.status == "resolved" else self._fire(a)
+        self._window = []
+        return out + self._release_orphans() + self._settle_deferred()
+
+    # ------------------------------------------------------------------ lifecycle
+    def _fire(self, a: Alert, may_defer: bool = True) -> list[Alert]:
+        if a.fingerprint in self.held or a.fingerprint in self.deferred:
+            return []  # still covered or waiting (e.g. a re-delivered window)
+        if a.fingerprint in self.open:
+            return [a]  # already paged (a re-delivered window): consumers dedupe by id
+        if a.detector in NEVER_COVERED:
+            return self._publish(a)
+        by = self._covering(a)
+        if by is not None:
+            return self._hold(a, by)
+        promoted = self._promote_cause_of(a)
+        if promoted:
+            return promoted
+        if may_defer and self._blames_finer(a):
+            self.deferred[a.fingerprint] = (0, a)
+            return []
+        return self._publish(a)
+
+    def _publish(self, a: Alert) -> list[Alert]:
+        if self.now is not None and a.window_start < self.now:  # late: stamp it with now
+            a = replace(
+                a, window_start=self.now, window_end=self.now + (a.window_end - a.window_start)
+            )
+        if a.status == "firing":
+            self.open[a.fingerprint] = _Open.of(a)
         return [a]
 
+    def _hold(self, a: Alert, by: str) -> list[Alert]:
+        self.held[a.fingerprint] = (by, a)
+        self.inhibited += 1
+        return []
+
     def _resolve(self, a: Alert) -> list[Alert]:
+        deferred = self.deferred.pop(a.fingerprint, None)
+        if deferred is not None:  # no cause showed up while it waited: never hide it
+            by = self._finer_cause(deferred[1])
+            return [] if by is not None else [*self._publish(deferred[1]), *self._resolve(a)]
         if self.held.pop(a.fingerprint, None) is not None:
             self.orphaned.pop(a.fingerprint, None)
             return []  # its firing was never published
-        if self.open.pop(a.fingerprint, None) is None:
+        closed = self.open.pop(a.fingerprint, None)
+        if closed is None:
             return [a]  # opened before this state existed: publish, consumers dedupe by id
+        self.recent[a.fingerprint] = (closed, 0)
         for fp, (by, _) in self.held.items():
             if by == a.fingerprint:
                 self.orphaned.setdefault(fp, 0)
         return [a]
 
     def _release_orphans(self) -> list[Alert]:
-        """Publish held alerts whose cover resolved ``release_after`` windows ago."""
+        """Publish held alerts that outlived every alert explaining them by ``release_after``.
+
+        Why not just their own cover: detectors of different families resolve at different
+        speeds (a drift stays open while its CUSUM decays), so a tenant's context-fill drift
+        held by a model's input-token level shift usually outlives it while another alert of the
+        same incident is still open or has just resolved.  The clock restarts from the last
+        explaining alert that resolved, and an open one holds the symptom again.  Runs after
+        the window's own messages, so a symptom resolving in this very window stays unpublished.
+        """
         out: list[Alert] = []
         for fp in sorted(self.orphaned):
-            self.orphaned[fp] += 1
             if self.orphaned[fp] < self.release_after:
                 continue
             del self.orphaned[fp]
             _, held = self.held.pop(fp)
-            out += self._fire(held)  # held again if another open alert covers it now
+            by = self._covering(held, include_recent=True)
+            if by is not None and by in self.recent:
+                self.held[fp] = (by, held)
+                self.orphaned[fp] = self.recent[by][1]
+                continue
+            out += self._fire(held, may_defer=False)
         return out
 
-    def _covering(self, a: Alert) -> str | None:
+    def _age(self) -> None:
+        """Count one more window for orphans and recently resolved alerts."""
+        for fp in sorted(self.recent):
+            o, since = self.recent[fp]
+            if since + 1 >= self.release_after:
+                del self.recent[fp]
+            else:
+                self.recent[fp] = (o, since + 1)
+        for fp in self.orphaned:
+            self.orphaned[fp] += 1
+
+    def _settle_deferred(self) -> list[Alert]:
+        """Hold deferred alerts whose blamed series now has an alert; publish expired ones."""
+        out: list[Alert] = []
+        for fp in sorted(self.deferred):
+            waited, a = self.deferred.pop(fp)
+            by = self._finer_cause(a)
+            if by is not None:
+                out += self._hold(a, by)
+                continue
+            promoted = self._promote_cause_of(a)
+            if promoted:
+                out += promoted
+            elif waited < self.defer_windows:
+                self.deferred[fp] = (waited + 1, a)
+            else:
+                out += self._fire(a, may_defer=False)
+        return out
+
+    def _promote_cause_of(self, a: Alert) -> list[Alert]:
+        """Publish a held alert on the series ``a`` blames and hold ``a`` by it (or nothing)."""
+        me = _Open.of(a)
+        for fp in sorted(self.held):
+            _, h = self.held[fp]
+            if h.status == "firing" and me.blames_series(h.dimensions):
+                if explains(signal_of(h), me.signal) and self._finer(h.grain, a.grain):
+                    del self.held[fp]
+                    self.orphaned.pop(fp, None)
+                    return [*self._publish(h), *self._hold(a, fp)]
+        return []
+
+    # ------------------------------------------------------------------ coverage
+    def _covering(self, a: Alert, include_recent: bool = False) -> str | None:
+        """Return the alert that covers ``a`` (rules 1-6), preferring the most similar one.
+
+        Among several covers the one on the same signal and from the same detector family is
+        chosen: it resolves like ``a`` does, so a symptom is not released as an orphan just
+        because a faster-resolving relative of its cause closed first.
+        """
         signal, dims = signal_of(a), dict(a.dimensions)
         top = dict(a.contributors[0].dimensions) if a.contributors else {}
+        cause = self._is_cause(a)
+        found: list[tuple[tuple[bool, bool], int, str]] = []
+        for i, (fp, o, published) in enumerate(self._covers(a.fingerprint, include_recent)):
+            if explains(o.signal, signal) and self._covers_rule(
+                a, o, published, cause, signal, dims, top
+            ):
+                found.append(((o.signal != signal, o.detector != a.detector), i, fp))
+        if found:
+            return min(found)[2]
+        if cause:
+            return None
+        return self._finer_alerts_cover(a, signal, dims, top) or self._finer_cause(a)
+
+    def _covers_rule(
+        self, a: Alert, o: _Open, published: bool, cause: bool, signal: str, dims: Dims, top: Dims
+    ) -> bool:
+        """Rules 1-4 for one candidate cover ``o`` (see the module docstring)."""
+        other = dict(o.dimensions)
+        if o.grain == a.grain and other == dims:  # 1. same series
+            return o.detector != a.detector or o.signal != signal
+        if published and _strict_subset(other, dims):
+            return True  # 2: a is a slice of o's series
+        if cause or (o.blames_series(dims) and not self._finer(o.grain, a.grain)):
+            return False  # a is the cause, not a symptom
+        if _blames(top, dims, other, o.grain, a.grain):
+            return True  # 3
+        agree = all(dims[k] == v for k, v in other.items() if k in dims)
+        return published and agree and not top and "tenant" in dims and "tenant" not in other  # 4
+
+    def _covers(self, me: str, include_recent: bool = False) -> Iterable[tuple[str, _Open, bool]]:
+        """Open alerts, then held ones standing for the open alert that holds them.
+
+        A symptom of a symptom is a symptom of the cause, along the same series (rule 1) or
+        a breakdown (rule 3): a prompt version whose change is mostly one model's, whose change
+        is mostly one tenant's, is held by the tenant's alert.  Containment (rule 2) and the
+        breakdown-less rule 4 only follow published alerts: another slice of a model held as
+        one tenant's symptom is not that tenant's symptom.
+        """
         for fp, o in self.open.items():
-            if o.signal != signal:
-                continue
-            other = dict(o.dimensions)
-            same_series = o.grain == a.grain and other == dims
-            if same_series and o.detector != a.detector:
-                return fp
-            if same_series:
-                continue
-            if _strict_subset(other, dims) or _blames(top, dims, other, o.grain, a.grain):
-                return fp
-            if not top and "tenant" in dims and "tenant" not in other:
-                if dict(o.blames).get("tenant") != dims["tenant"]:
+            yield fp, o, True
+        if include_recent:
+            for fp, (o, _) in self.recent.items():
+                yield fp, o, True
+        for fp, (by, h) in self.held.items():
+            if fp != me and h.status == "firing":
+                yield by, _Open.of(h), False
+
+    def _is_cause(self, a: Alert) -> bool:
+        """Whether an open or deferred alert, not on a finer grain, blames ``a``'s series."""
+        signal, dims = signal_of(a), a.dimensions
+        blamers = [*self.open.values(), *(_Open.of(d) for _, d in self.deferred.values())]
+        return any(
+            b.blames_series(dims)
+            and explains(signal, b.signal)
+            and not self._finer(b.grain, a.grain)
+            for b in blamers
+        )
+
+    def _finer_alerts_cover(self, a: Alert, signal: str, dims: Dims, top: Dims) -> str | None:
+        """Rule 5: every finer alert on ``a``'s signal is a slice of one open alert; return it."""
+        for o in self.open.values():
+            if o.signal == signal and _strict_subset(dims, dict(o.dimensions)):
+                return None  # a finer slice pages on its own
+        finer = [
+            f
+            for f in (*(h for _, h in self.held.values()), *self._window)
+            if f.status == "firing"
+            and signal_of(f) == signal
+            and _strict_subset(dims, f.dimensions)
+        ]
+        if not finer or (top and any(sorted(top) != sorted(f.dimensions) for f in finer)):
+            return None  # no finer evidence, or a is explained by another breakdown
+        covers = [self._containing(f, a.fingerprint) for f in finer]
+        return covers[0] if None not in covers else None
+
+    def _containing(self, f: Alert, me: str) -> str | None:
+        """Return an open alert whose series strictly contains ``f``'s and explains its signal."""
+        for fp, o in self.open.items():
+            if fp != me and explains(o.signal, signal_of(f)):
+                if _strict_subset(dict(o.dimensions), f.dimensions):
                     return fp
         return None
 
+    def _finer_cause(self, a: Alert) -> str | None:
+        """Rule 6: an open alert on the finer series ``a`` blames, on a signal explaining it."""
+        me = _Open.of(a)
+        for fp, o in self.open.items():
+            if me.blames_series(dict(o.dimensions)) and explains(o.signal, me.signal):
+                if self._finer(o.grain, a.grain):
+                    return fp
+        return None
 
-def _blames(
-    top: Mapping[str, str],
-    dims: Mapping[str, str],
-    other: Mapping[str, str],
-    other_grain: str,
-    grain: str,
-) -> bool:
+    def _blames_finer(self, a: Alert) -> bool:
+        """Whether ``a`` blames a series of a finer grain (so that series' alert may follow)."""
+        blamed = _Open.of(a).blamed()
+        return bool(blamed) and self._finer(".".join(sorted(blamed)), a.grain)
+
+    @staticmethod
+    def _finer(grain: str, than: str) -> bool:
+        return grain_rank(grain) > grain_rank(than)
+
+
+def _blames(top: Dims, dims: Dims, other: Dims, other_grain: str, grain: str) -> bool:
     """Whether a contributor ``top`` of an alert on ``dims`` points at the open alert ``other``."""
     added = {k: v for k, v in top.items() if k not in dims}
     return (
@@ -180,12 +452,21 @@ def _blames(
     )
 
 
-def _subset(small: Mapping[str, str], big: Mapping[str, str]) -> bool:
+def _subset(small: Dims, big: Dims) -> bool:
     return bool(small) and all(big.get(k) == v for k, v in small.items())
 
 
-def _strict_subset(small: Mapping[str, str], big: Mapping[str, str]) -> bool:
+def _strict_subset(small: Dims, big: Dims) -> bool:
     return len(small) < len(big) and _subset(small, big)
+
+
+def window_start_of(key: str) -> datetime | None:
+    """Parse a window key (the window start in ISO 8601; empty for an empty window)."""
+    try:
+        ts = datetime.fromisoformat(key)
+    except ValueError:
+        return None  # not a timestamp: the inhibitor falls back to the alerts' windows
+    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -211,4 +492,4 @@ class WindowGate:
         if self.reported[window] < self.grains:
             return []
         del self.reported[window]
-        return self.inhibitor.process(self.pending.pop(window))
+        return self.inhibitor.process(self.pending.pop(window), window_start_of(window))

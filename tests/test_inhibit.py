@@ -5,7 +5,7 @@ from __future__ import annotations
 import pickle
 from datetime import UTC, datetime, timedelta
 
-from spanpulse.detectors.inhibit import Inhibitor, WindowGate, grain_rank, signal_of
+from spanpulse.detectors.inhibit import Inhibitor, WindowGate, explains, grain_rank, signal_of
 from spanpulse.schemas.alert import Alert, Contributor, build_alert
 
 T0 = datetime(2025, 3, 4, 9, 0, tzinfo=UTC)
@@ -19,9 +19,10 @@ def _alert(
     status: str = "firing",
     minute: int = 0,
     top: dict[str, str] | None = None,
+    share: float = 0.9,
 ) -> Alert:
     start = T0 + timedelta(minutes=minute)
-    contributors = (Contributor(top, 0.2, 0.01, 0.9, 100),) if top else ()
+    contributors = (Contributor(top, 0.2, 0.01, share, 100),) if top else ()
     return build_alert(
         detector=detector, metric=metric, grain=grain, dimensions=dims,
         status="firing" if status == "firing" else "resolved", severity="warning",
@@ -132,19 +133,186 @@ def test_a_feature_contributor_ties_a_tenant_to_the_prompt_version_alert() -> No
     assert Inhibitor().process([tenant, other, fleet]) == [fleet, other]
 
 
-def test_a_finer_alert_never_covers_a_coarser_one() -> None:
+def test_a_tenant_alert_whose_change_is_an_open_pair_alert_is_its_symptom() -> None:
     tenant = _alert("tenant", {"tenant": "acme"}, top={"tenant": "acme", "model": "gpt-4o"})
+    elsewhere = _alert("tenant", {"tenant": "acme"}, metric="refusal_rate",
+                       top={"tenant": "acme", "model": "o3"})  # fmt: skip
     inh = Inhibitor()
     assert inh.process([PAIR]) == [PAIR]
-    assert inh.process([tenant]) == [tenant]
+    assert inh.process([tenant, elsewhere]) == [elsewhere]  # 90 % of it is the paged pair
 
 
 def test_a_tenant_that_is_the_fleet_alerts_top_contributor_is_the_cause_not_a_symptom() -> None:
     fleet = _alert("model", {"model": "o3"}, metric="context_fill_p95", detector="drift",
                    top={"model": "o3", "tenant": "acme"})  # fmt: skip
     cause = _alert("tenant", {"tenant": "acme"}, metric="context_fill_p95", detector="drift")
-    symptom = _alert("tenant", {"tenant": "beta"}, metric="context_fill_p95", detector="drift")
-    assert Inhibitor().process([cause, symptom, fleet]) == [fleet, cause]
+    other = _alert("tenant", {"tenant": "beta"}, metric="context_fill_p95", detector="drift")
+    inh = Inhibitor()
+    # o3's change is acme's: acme pages, o3 is held as its symptom, and beta -- which nothing
+    # published explains -- pages too.
+    assert inh.process([cause, other, fleet]) == [cause, other]
+    assert inh.held[fleet.fingerprint][0] == cause.fingerprint
+
+
+def test_a_small_top_contributor_does_not_make_a_tenant_the_cause() -> None:
+    fleet = _alert("model", {"model": "o3"}, metric="parse_failure_rate",
+                   top={"model": "o3", "tenant": "acme"}, share=0.13)  # fmt: skip
+    bare = _alert("tenant", {"tenant": "acme"}, metric="parse_failure_rate")
+    assert Inhibitor().process([bare, fleet]) == [fleet]
+
+
+# ---------------------------------------------------------------- related signals
+def test_related_signals_of_one_incident_are_one_page_and_the_relation_is_directed() -> None:
+    model = _alert("model", {"model": "claude"})  # length_share
+    latency = _alert("model", {"model": "claude"}, metric="latency_p95", detector="level_shift")
+    tenant = _alert("tenant", {"tenant": "t5"}, metric="output_tokens_p95", detector="level_shift",
+                    top={"tenant": "t5", "model": "claude"})  # fmt: skip
+    bare = _alert("tenant", {"tenant": "t6"}, metric="output_tokens_p95", detector="level_shift")
+    inh = Inhibitor()
+    assert inh.process([tenant, latency, bare, model]) == [model]  # cause first, then symptoms
+    inh = Inhibitor()
+    assert inh.process([latency]) == [latency]
+    assert inh.process([model]) == [model]  # slower calls do not explain length stops
+
+
+def test_explains_table() -> None:
+    assert explains("length_share", "parse_failure_rate")
+    assert explains("input_tokens_per_call", "context_fill_p95")
+    assert explains("context_fill_p95", "input_tokens_p95")
+    assert not explains("latency_p95", "length_share")
+    assert not explains("error_rate", "refusal_rate")
+
+
+def test_a_tenant_whose_only_abnormal_slice_is_a_symptom_is_held() -> None:
+    model = _alert("model", {"model": "claude"})
+    pair = _alert("tenant.model", {"tenant": "t38", "model": "claude"})
+    noisy = {"tenant": "t38", "model": "mini"}  # the top contributor, but no alert of its own
+    tenant = _alert("tenant", {"tenant": "t38"}, top=noisy, share=0.55)
+    inh = Inhibitor()
+    assert inh.process([model]) == [model]
+    assert inh.process([pair]) == []
+    assert inh.process([tenant]) == []
+    assert inh.held[tenant.fingerprint][0] == model.fingerprint
+    # when its other slice pages on its own, the tenant alert is that slice's symptom instead
+    inh = Inhibitor()
+    mini = _alert("tenant.model", noisy)  # another model's slice: claude's alert does not hold it
+    assert inh.process([model, pair, mini]) == [model, mini]
+    assert inh.process([tenant]) == []
+    assert inh.held[tenant.fingerprint][0] == mini.fingerprint
+
+
+# ---------------------------------------------------------------- a finer cause
+def _creep(grain: str, dims: dict[str, str], minute: int, top: dict[str, str] | None = None,
+           metric: str = "context_fill_p95", status: str = "firing") -> Alert:  # fmt: skip
+    return _alert(grain, dims, metric=metric, detector="drift", minute=minute, top=top,
+                  status=status)  # fmt: skip
+
+
+def test_a_model_alert_blaming_one_tenant_waits_for_the_tenant_and_is_its_symptom() -> None:
+    model = _creep("model", {"model": "gemini"}, 0, top={"model": "gemini", "tenant": "t3"})
+    tenant = _creep("tenant", {"tenant": "t3"}, 2, metric="input_tokens_per_call",
+                    top={"tenant": "t3", "feature": "search"})  # fmt: skip
+    inh = Inhibitor(defer_windows=3)
+    assert inh.process([model]) == []
+    assert inh.process([]) == []
+    assert inh.process([tenant]) == [tenant]
+    assert inh.held[model.fingerprint][0] == tenant.fingerprint
+    assert inh.process([_creep("model", {"model": "gemini"}, 3, status="resolved")]) == []
+
+
+def test_a_deferred_alert_without_a_finer_cause_is_published_late_and_stamped_so() -> None:
+    model = _creep("model", {"model": "gemini"}, 0, top={"model": "gemini", "tenant": "t3"})
+    inh = Inhibitor(defer_windows=2)
+    assert [inh.process([], T0 + timedelta(minutes=m)) for m in (0, 1)] == [[], []]
+    assert inh.process([model], T0) == []
+    assert inh.process([], T0 + timedelta(minutes=1)) == []
+    (out,) = inh.process([], T0 + timedelta(minutes=2))
+    assert out.fingerprint == model.fingerprint
+    assert out.window_start == T0 + timedelta(minutes=2)  # when a subscriber learns of it
+    assert out.started_at == T0 and out.id != model.id
+
+
+def test_a_deferred_alert_that_resolves_while_waiting_is_never_hidden() -> None:
+    model = _creep("model", {"model": "gemini"}, 0, top={"model": "gemini", "tenant": "t3"})
+    resolved = _creep("model", {"model": "gemini"}, 1, status="resolved")
+    inh = Inhibitor(defer_windows=5)
+    assert inh.process([model]) == []
+    out = inh.process([resolved])
+    assert [(a.fingerprint, a.status) for a in out] == [
+        (model.fingerprint, "firing"),
+        (model.fingerprint, "resolved"),
+    ]
+    assert inh.open == {} and inh.deferred == {}
+
+
+def test_a_held_tenant_that_a_model_alert_blames_is_promoted_to_a_page() -> None:
+    stale = _creep("feature.prompt_version", {"feature": "search", "prompt_version": "v5"}, 0,
+                   metric="input_tokens_per_call")  # fmt: skip
+    tenant = _creep("tenant", {"tenant": "t3"}, 1, metric="input_tokens_per_call",
+                    top={"tenant": "t3", "feature": "search"})  # fmt: skip
+    model = _creep("model", {"model": "mini"}, 3, top={"model": "mini", "tenant": "t3"})
+    inh = Inhibitor()
+    assert inh.process([stale]) == [stale]
+    assert inh.process([tenant]) == []  # its breakdown points at the open search alert
+    assert [a.fingerprint for a in inh.process([model])] == [tenant.fingerprint]
+    assert inh.held[model.fingerprint][0] == tenant.fingerprint
+
+
+def test_mutual_blame_makes_the_tenant_the_cause() -> None:
+    model = _creep("model", {"model": "mini"}, 0, top={"model": "mini", "tenant": "t3"})
+    tenant = _creep("tenant", {"tenant": "t3"}, 0, top={"tenant": "t3", "model": "mini"})
+    inh = Inhibitor()
+    assert inh.process([tenant, model]) == [tenant]
+    assert inh.held[model.fingerprint][0] == tenant.fingerprint
+
+
+def test_a_symptom_of_a_symptom_is_held_by_the_cause() -> None:
+    tenant = _creep("tenant", {"tenant": "t3"}, 0)
+    model = _creep("model", {"model": "mini"}, 1, top={"model": "mini", "tenant": "t3"})
+    feature = _creep("feature.prompt_version", {"feature": "extract", "prompt_version": "v3"}, 2,
+                     top={"feature": "extract", "prompt_version": "v3", "model": "mini"})  # fmt: skip
+    inh = Inhibitor()
+    assert inh.process([tenant]) == [tenant]
+    assert inh.process([model]) == []
+    assert inh.process([feature]) == []
+    assert inh.held[feature.fingerprint][0] == tenant.fingerprint
+
+
+def test_release_regressions_are_never_deferred() -> None:
+    release = _alert("feature.prompt_version", {"feature": "f", "prompt_version": "v2"},
+                     detector="release_regression",
+                     top={"feature": "f", "prompt_version": "v2", "tenant": "t3"})  # fmt: skip
+    assert Inhibitor().process([release]) == [release]
+
+
+def test_a_symptom_is_released_only_after_every_explaining_alert_resolved() -> None:
+    level = _alert("model", {"model": "o3"}, metric="input_tokens_p95", detector="level_shift")
+    other = _creep("model", {"model": "x"}, 1, metric="input_tokens_per_call")
+    bare = _creep("tenant", {"tenant": "t9"}, 0)  # no breakdown: rule 4, prompt-size family
+    inh = Inhibitor(release_after=3)
+    assert inh.process([level]) == [level]
+    assert inh.process([bare]) == []
+    assert inh.process([other]) == [other]
+    lvl_resolved = _alert("model", {"model": "o3"}, metric="input_tokens_p95",
+                          detector="level_shift", status="resolved", minute=3)  # fmt: skip
+    assert inh.process([lvl_resolved]) == [lvl_resolved]
+    assert [inh.process([]) for _ in range(5)] == [[]] * 5  # x still explains it: held
+    oth_resolved = _creep("model", {"model": "x"}, 9, metric="input_tokens_per_call",
+                          status="resolved")  # fmt: skip
+    assert inh.process([oth_resolved]) == [oth_resolved]
+    assert inh.process([]) == [] and inh.process([]) == []
+    (out,) = inh.process([])
+    assert out.fingerprint == bare.fingerprint
+
+
+def test_old_inhibitor_state_is_upgraded_on_unpickling() -> None:
+    inh = Inhibitor()
+    inh.process([MODEL])
+    for name in ("deferred", "recent", "now", "_window"):
+        del inh.__dict__[name]
+    restored = pickle.loads(pickle.dumps(inh))
+    assert restored.deferred == {} and restored.recent == {}
+    assert restored.process([PAIR]) == []
 
 
 def test_child_baselines_keep_the_busiest_children() -> None:
@@ -157,3 +325,23 @@ def test_child_baselines_keep_the_busiest_children() -> None:
         cb.learn([*kids, (big, {"calls": 500.0}, 500)])
     assert len(cb) == 3
     assert cb.baseline(big, "calls") is not None  # least recently inserted, but the busiest
+
+
+def test_percentile_contributors_rank_small_children_by_their_per_call_mean() -> None:
+    from spanpulse.detectors.contributors import ChildBaselines, child_key
+
+    cb = ChildBaselines()
+    claude, mini = (
+        child_key({"tenant": "t5", "model": "claude"}),
+        child_key({"tenant": "t5", "model": "mini"}),
+    )
+    for _ in range(30):  # calm: 20 calls each, too few for a p95 of their own
+        cb.learn([(claude, {"output_tokens_per_call": 300.0}, 20),
+                  (mini, {"output_tokens_per_call": 200.0}, 20)])  # fmt: skip
+    kids = [(claude, {"output_tokens_per_call": 900.0}, 20),
+            (mini, {"output_tokens_per_call": 210.0}, 20)]  # fmt: skip
+    (top, second) = cb.explain("output_tokens_p95", False, kids, None, 5)
+    assert top.dimensions == {"tenant": "t5", "model": "claude"}
+    assert top.share is not None and top.share > 0.95
+    assert top.observed is None and top.expected is None  # no p95 of its own: not made up
+    assert second.dimensions["model"] == "mini"
