@@ -51,7 +51,7 @@ from spanpulse.config import (
     load,
 )
 from spanpulse.schemas.evaluation import MATCH_KINDS, Evaluation, MatchRules, score_alerts
-from spanpulse.schemas.scenario import Scenario
+from spanpulse.schemas.scenario import IncidentLabel, Scenario
 
 PACKAGE_DIR: Final = Path(__file__).resolve().parent
 DEFAULT_SCENARIOS: Final = (
@@ -74,6 +74,9 @@ TARGET_PRECISION: Final = 0.9
 TARGET_TTD_WINDOWS: Final = 3.0
 TARGET_FALSE_PER_DAY: Final = 1.0
 TARGET_TENANTS: Final = 500
+#: Incidents whose target gets fewer calls per window than this (the level-shift and drift
+#: detectors' default ``min_calls``) are marked *thin* in the results: too small to page on.
+THIN_TARGET_CALLS: Final = 20
 
 Say = Callable[[str], None]
 
@@ -282,6 +285,9 @@ class ScenarioRun:
     totals: Mapping[str, Any]
     alert_messages: int
     seconds: float
+    #: Incident-free calls on each incident's target during it (file order), see
+    #: :meth:`~spanpulse.schemas.scenario.Scenario.baseline_target_calls`.
+    target_calls: tuple[int, ...] = ()
 
     @property
     def name(self) -> str:
@@ -331,7 +337,8 @@ def run_scenario(
         f"recall {_num(evaluation.recall)}, precision {_num(evaluation.precision)}, "
         f"false/24h {evaluation.false_per_day:.1f}"
     )
-    return ScenarioRun(prepared, evaluation, produced, totals, len(alerts), seconds)
+    target_calls = tuple(scenario.baseline_target_calls(i) for i in range(len(scenario.incidents)))
+    return ScenarioRun(prepared, evaluation, produced, totals, len(alerts), seconds, target_calls)
 
 
 # ---------------------------------------------------------------------------- the whole run
@@ -668,12 +675,17 @@ def _incident_table(runs: Sequence[ScenarioRun]) -> str:
     lines = [
         "## Incidents",
         "",
-        "| scenario | kind | target | UTC | detected | TTD (windows) | first detection "
-        "| matching episodes (own / composition / contributors) |",
-        "|---|---|---|---|---|---:|---|---:|",
+        "*target calls / window*: calls the incident-free traffic puts on the incident's target "
+        "per window during the incident; below "
+        f"{THIN_TARGET_CALLS} (the continuous detectors' per-window minimum) the slice is too thin "
+        "to page on by design, marked *thin*. Such incidents still count in recall.",
+        "",
+        "| scenario | kind | target | UTC | target calls / window | detected | TTD (windows) "
+        "| first detection | matching episodes (own / composition / contributors) |",
+        "|---|---|---|---|---:|---|---:|---|---:|",
     ]
     for r in runs:
-        for o in r.evaluation.incidents:
+        for i, o in enumerate(r.evaluation.incidents):
             lab = o.label
             first = (
                 f"{o.matches[0].detector} `{o.matches[0].metric}` on {o.matches[0].grain} "
@@ -684,10 +696,21 @@ def _incident_table(runs: Sequence[ScenarioRun]) -> str:
             by_kind = " / ".join(str(o.kinds.count(k)) for k in MATCH_KINDS)
             lines.append(
                 f"| {r.name} | {lab.kind} | {_dims(lab.dimensions)} "
-                f"| {_hhmm(lab.start_ms)}-{_hhmm(lab.end_ms)} | {'yes' if o.detected else '**no**'} "
+                f"| {_hhmm(lab.start_ms)}-{_hhmm(lab.end_ms)} | {_per_window(r, i, lab)} "
+                f"| {'yes' if o.detected else '**no**'} "
                 f"| {_num(o.ttd_windows, 0)} | {first} | {len(o.matches)} ({by_kind}) |"
             )
-    return "\n".join(lines) if len(lines) > 4 else "## Incidents\n\nNo incidents."
+    return "\n".join(lines) if len(lines) > 6 else "## Incidents\n\nNo incidents."
+
+
+def _per_window(run: ScenarioRun, index: int, label: IncidentLabel) -> str:
+    """Target calls per window of an incident, ``thin`` when under :data:`THIN_TARGET_CALLS`."""
+    if index >= len(run.target_calls):
+        return "n/a"
+    windows = max((label.end_ms - label.start_ms) / run.evaluation.rules.window_ms, 1.0)
+    per_window = run.target_calls[index] / windows
+    thin = " *thin*" if per_window < THIN_TARGET_CALLS else ""
+    return f"{per_window:,.1f}{thin}"
 
 
 def _false_tables(runs: Sequence[ScenarioRun]) -> str:
@@ -767,6 +790,7 @@ def report_dict(report: EvaluationReport) -> dict[str, Any]:
                 "job": dict(r.totals),
                 "alert_messages": r.alert_messages,
                 "seconds": round(r.seconds, 1),
+                "incident_target_calls": list(r.target_calls),
                 "evaluation": r.evaluation.to_dict(),
             }
             for r in report.runs

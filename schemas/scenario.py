@@ -67,6 +67,10 @@ SIGNALS: Final = {
 }
 
 
+#: How long before an incident the calls that end inside it may start (the longest call).
+_CALL_OVERHANG_MS: Final = 15 * 60_000
+
+
 class ScenarioError(ValueError):
     """A scenario file or definition is invalid; the message names the offending key."""
 
@@ -409,6 +413,21 @@ class Scenario:
     def calls(self, chunk_s: float = 600.0) -> pl.DataFrame:
         """Return all calls of the scenario in one frame (small scenarios and tests)."""
         return pl.concat(list(self.calls_chunks(chunk_s))).sort("end_time_ms", maintain_order=True)
+
+    def baseline_target_calls(self, index: int) -> int:
+        """Return the incident-free calls on incident ``index``'s target during the incident.
+
+        Why: an incident on a slice with a handful of calls per window is one that the
+        detectors refuse to page on by design (1 refusal out of 3 calls is not an incident);
+        ``spanpulse evaluate`` shows this number next to each incident so a miss on a thin
+        slice reads as what it is.  Only the incident's own minutes are generated.
+        """
+        incident = self.incidents[index]
+        start, end = self._incident_range(incident)
+        lo = max(self.start_ms, start - _CALL_OVERHANG_MS)  # calls started before, ending inside
+        calls = self.traffic_model().calls(lo, (end - lo) / 1000.0)
+        inside = (pl.col("end_time_ms") >= start) & (pl.col("end_time_ms") < end)
+        return calls.filter(inside & _matches(incident.target)).height
 
     def labels(self) -> list[IncidentLabel]:
         """Return the ground-truth label of every incident, in file order."""

@@ -45,6 +45,11 @@ def test_evaluate_detects_a_large_length_spike_and_writes_the_results(tmp_path: 
     assert first["match"] == "own" and first["dimensions"].get("model") == "gpt-4o", first
     assert data["scenarios"][0]["produced"]["calls"] == data["scenarios"][0]["job"]["records"]
     assert data["summary"]["median_ttd_windows"] <= 5
+    # gpt-4o's share of 20 calls/s over 50 tenants: well above the thin-slice floor of 20/window
+    (target_calls,) = data["scenarios"][0]["incident_target_calls"]
+    assert 12 * 20 < target_calls < 12 * 20 * 60
+    per_window = f"{target_calls / 12:,.1f}"
+    assert f"| 09:20-09:32 | {per_window} | yes |" in text
 
 
 @pytest.mark.parametrize(

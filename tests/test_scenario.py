@@ -337,3 +337,16 @@ def test_missing_file_is_a_scenario_error(tmp_path: Path) -> None:
     path.write_text(GOOD + "rate = 0\n", encoding="utf-8")
     with pytest.raises(ScenarioError, match=r"broken\.toml: rate"):
         Scenario.load(path)
+
+
+@pytest.mark.parametrize("kind", ["refusal_spike", "runaway_agent", "error_storm"])
+def test_baseline_target_calls_count_the_incident_free_slice(
+    kind: str, baseline: pl.DataFrame
+) -> None:
+    target = TARGETS[kind]["target"]
+    match = pl.all_horizontal([pl.col(k) == v for k, v in target.items()])
+    expected = _inside(baseline).filter(match).height
+    got = _scenario(kind).baseline_target_calls(0)
+    assert got == expected > 0
+    if kind == "runaway_agent":  # the incident itself multiplies the slice; the baseline does not
+        assert _inside(_calls(kind)).filter(match).height > 5 * got
