@@ -62,10 +62,12 @@ class _DetectLogic(StatefulLogic[Detectable, Report, bytes]):
         make: Callable[[str], GrainDetectors],
         on_firing: Callable[[GrainDetectors], None],
         resume: bytes | None,
+        persist: bool = True,
     ) -> None:
         self._make = make
         self._on_firing = on_firing
         self._resume = resume
+        self._persist = persist
         self._state: GrainDetectors | None = None
 
     def on_item(self, value: Detectable) -> tuple[Iterable[Report], bool]:
@@ -81,6 +83,10 @@ class _DetectLogic(StatefulLogic[Detectable, Report, bytes]):
         return [(window, alerts)], StatefulLogic.RETAIN
 
     def snapshot(self) -> bytes:
+        # Bytewax asks for a snapshot at every epoch even without a recovery store; serializing
+        # a grain's detectors nobody will store was 8-13 % of the job's time (BENCHMARKS.md).
+        if not self._persist:
+            return b""
         if self._state is None:  # restored but not yet used: keep the restored bytes
             return self._resume or b""
         return self._state.to_bytes()
@@ -110,17 +116,19 @@ def attach_detectors(
     on_firing: Callable[[GrainDetectors], None] = lambda bank: None,
     on_inhibited: Callable[[int], None] = lambda n: None,
     version: str = "v2",
+    persist: bool = True,
 ) -> Stream[Any]:
     """Wire detection onto the stream of closed, cardinality-limited windows.
 
     ``version`` names the state format in the step ids (v2: bytes snapshots of
     :class:`GrainDetectors`, then inhibition); a recovery store written by another format
-    starts detection fresh.
+    starts detection fresh.  ``persist=False`` (no recovery store) skips serializing the
+    detectors at each epoch: nothing would keep the bytes.
     """
     split = op.flat_map("split_for_detection", windows, lambda w: split_for_detection(w, grains))
 
     def build(resume: bytes | None) -> _DetectLogic:
-        return _DetectLogic(make_bank, on_firing, resume or None)
+        return _DetectLogic(make_bank, on_firing, resume or None, persist)
 
     detected = op.stateful(f"detect_anomalies_{version}", split, build)
     reports = op.map("key_reports_for_inhibition", detected, lambda kv: (INHIBIT_KEY, kv[1]))

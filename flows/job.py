@@ -155,6 +155,7 @@ def _detection(
             flow, windows, grains=[g.dims for g in settings.rollups.grains],
             make_bank=make_bank, alerts=sink, on_firing=on_firing,
             on_inhibited=metrics.count_alerts_inhibited,
+            persist=settings.recovery.dir is not None,
         )  # fmt: skip
 
     return attach
