@@ -482,6 +482,7 @@ DETECTOR_KEYS: Final = {
     "level_shift_min_calls": int,
     "level_shift_min_history": int,
     "level_shift_unseasoned_ratio": float,
+    "level_shift_unseasoned_min_history": int,
     "proportion_threshold": float,
     "drift_threshold": float,
     "drift_min_change": float,

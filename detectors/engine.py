@@ -188,6 +188,7 @@ class SeriesDetector:
                     metric in cfg.level_shift_seasonal_metrics,
                     cfg.level_shift_min_calls,
                     cfg.level_shift_unseasoned_ratio,
+                    cfg.level_shift_unseasoned_min_history,
                 ),
                 cfg.level_shift_policy,
             )

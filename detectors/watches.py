@@ -71,6 +71,7 @@ class LevelShiftWatch:
     needs_season: bool = False
     min_calls: int = 0
     unseasoned_ratio: float = 0.0
+    unseasoned_min_history: int | None = None
     family: Family = "level_shift"
     scorer: LevelShift = field(init=False)
 
@@ -101,8 +102,14 @@ class LevelShiftWatch:
             and expected > 0.0
             and x >= self.unseasoned_ratio * expected
         )
+        # A huge volume jump is also trusted on a shorter history: the job may have started
+        # minutes before a runaway loop, and the windows it waited through would otherwise be
+        # learned into the baseline before the full ``min_history`` is reached.
+        history = self.min_history
+        if self.needs_season and huge and self.unseasoned_min_history is not None:
+            history = min(history, self.unseasoned_min_history)
         trusted = (
-            self.scorer.observations >= self.min_history
+            self.scorer.observations >= history
             and calls >= self.min_calls
             and (not self.needs_season or huge or self.scorer.season_ready(t))
         )

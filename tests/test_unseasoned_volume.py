@@ -29,3 +29,25 @@ def test_moderate_jump_waits_for_the_daily_profile() -> None:
 
 def test_ratio_zero_keeps_the_old_rule() -> None:
     assert not _watch(0.0).assess(1000.0, 60.0 * 120, 1000).trigger
+
+
+def _young_watch(windows: int, min_history: int | None) -> LevelShiftWatch:
+    w = LevelShiftWatch("call_rate", LevelShiftParams(), "both", 0.3, 0.2, min_history=120,
+                        min_change=0.3, needs_season=True, min_calls=20, unseasoned_ratio=5.0,
+                        unseasoned_min_history=min_history)  # fmt: skip
+    rng = np.random.default_rng(1)
+    for i in range(windows):
+        w.learn(float(rng.poisson(25)), 60.0 * i)
+    return w
+
+
+def test_tenfold_jump_in_a_young_job_is_trusted_after_the_short_history() -> None:
+    # a runaway loop 110 minutes after the job started: before the 120-window warm-up
+    assert _young_watch(110, 30).assess(250.0, 60.0 * 110, 250).trigger
+    assert not _young_watch(110, None).assess(250.0, 60.0 * 110, 250).trigger  # old rule
+    assert not _young_watch(20, 30).assess(250.0, 60.0 * 20, 250).trigger  # too young still
+
+
+def test_short_history_is_only_for_huge_volume_jumps() -> None:
+    w = _young_watch(110, 30)
+    assert not w.assess(100.0, 60.0 * 110, 100).trigger  # 4x: waits for the full warm-up
