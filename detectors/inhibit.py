@@ -10,19 +10,7 @@ applied where the alerts are made, with rules derived from the grains, the contr
 the signals themselves.  The opposite direction matters as much: when one big tenant's
 prompts grow, every model it calls shows a creeping context fill, and the tenant is the cause.
 
-**Related signals.**  An alert on signal ``c`` explains a symptom on signal ``s`` when
-``s == c`` (the metric without a rule's operator: ``length_share>0.05`` is ``length_share``)
-or ``s`` is in :data:`EXPLAINS` ``[c]``: more length stops mean longer outputs, slower calls
-and truncated JSON; input tokens (p95 and per call) and context fill measure one prompt size.
-The relation is directed: a latency alert never explains a length-stop alert.
-
-**Blame.**  An alert *blames* a series when its top contributor explains at least
-:data:`BLAME_SHARE` of its change; the series blamed is the contributor's dimensions that the
-alert does not have (``tenant=t-3`` for a ``model=o3`` alert whose top contributor is
-``tenant=t-3, model=o3``), and any series between that and the contributor is "the blamed
-series" (``tenant=t-3`` and the pair).  A model-wide problem spreads over the model's tenants
-(none explains half of it unless it is half the traffic), so a tenant that explains most of a
-model's change is that change's cause.
+Related signals and blame are defined in :mod:`spanpulse.detectors.alert_relations`.
 
 An alert ``A`` is **covered** by an open (published) alert ``B`` whose signal explains ``A``'s
 when
@@ -82,56 +70,39 @@ Pure and deterministic; the state is small (open, held and deferred alerts) and 
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from spanpulse.detectors.alert_relations import (
+    BLAME_SHARE,
+    EXPLAINS,
+    Dims,
+    blames,
+    cause_rank,
+    explains,
+    grain_rank,
+    is_strict_subset,
+    is_subset,
+    signal_of,
+)
 from spanpulse.schemas.alert import Alert
+
+__all__ = [
+    "BLAME_SHARE",
+    "EXPLAINS",
+    "NEVER_COVERED",
+    "Inhibitor",
+    "WindowGate",
+    "explains",
+    "grain_rank",
+    "signal_of",
+    "window_start_of",
+]
 
 #: Families whose alerts are never held back.
 NEVER_COVERED: Final = frozenset({"release_regression", "budget_burn"})
-
-#: A contributor explaining at least this share of a change is the change's cause (the
-#: evaluation's ``MIN_CONTRIBUTOR_SHARE`` uses the same bar to attribute an alert).
-BLAME_SHARE: Final = 0.5
-
-_OUTPUT: Final = frozenset({"output_tokens_p95", "output_tokens_per_call"})
-_SLOWER: Final = frozenset({"latency_p95", "latency_mean"})
-_PROMPT: Final = frozenset({"input_tokens_p95", "input_tokens_per_call", "context_fill_p95"})
-
-#: Cause signal -> the signals of its symptoms (besides itself); see the module docstring.
-EXPLAINS: Final[Mapping[str, frozenset[str]]] = {
-    "length_share": _OUTPUT | _SLOWER | {"parse_failure_rate"},
-    **{s: (_OUTPUT - {s}) | _SLOWER for s in _OUTPUT},
-    **{s: _PROMPT - {s} for s in _PROMPT},
-}
-
-_OPERATOR: Final = re.compile(r"[<>=]")
-
-Dims = Mapping[str, str]
-
-
-def signal_of(alert: Alert) -> str:
-    """Return the alert's signal: its metric, without a threshold rule's operator and value."""
-    return _OPERATOR.split(alert.metric, maxsplit=1)[0]
-
-
-def explains(cause: str, symptom: str) -> bool:
-    """Whether an alert on signal ``cause`` can explain one on signal ``symptom``."""
-    return cause == symptom or symptom in EXPLAINS.get(cause, ())
-
-
-def grain_rank(grain: str) -> tuple[int, int]:
-    """Sort key that puts fleet-level grains first: no ``tenant`` first, then fewer dimensions."""
-    dims = grain.split(".") if grain else []
-    return ("tenant" in dims, len(dims))
-
-
-def _cause_rank(signal: str) -> int:
-    """Signals that explain more come first, so a window's cause is published before symptoms."""
-    return -len(EXPLAINS.get(signal, ()))
 
 
 @dataclass(frozen=True)
@@ -167,7 +138,7 @@ class _Open:
     def blames_series(self, dims: Dims) -> bool:
         """Whether ``dims`` lies between the blamed series and the top contributor."""
         blamed = self.blamed()
-        return bool(blamed) and _subset(blamed, dims) and _subset(dims, dict(self.blames))
+        return bool(blamed) and is_subset(blamed, dims) and is_subset(dims, dict(self.blames))
 
 
 @dataclass
@@ -206,7 +177,7 @@ class Inhibitor:
         out: list[Alert] = []
         ordered = sorted(
             alerts,
-            key=lambda a: (grain_rank(a.grain), a.status != "resolved", _cause_rank(signal_of(a))),
+            key=lambda a: (grain_rank(a.grain), a.status != "resolved", cause_rank(signal_of(a))),
         )
         for i, a in enumerate(ordered):
             self._window = ordered[i + 1 :]
@@ -359,11 +330,11 @@ class Inhibitor:
         other = dict(o.dimensions)
         if o.grain == a.grain and other == dims:  # 1. same series
             return o.detector != a.detector or o.signal != signal
-        if published and _strict_subset(other, dims):
+        if published and is_strict_subset(other, dims):
             return True  # 2: a is a slice of o's series
         if cause or (o.blames_series(dims) and not self._finer(o.grain, a.grain)):
             return False  # a is the cause, not a symptom
-        if _blames(top, dims, other, o.grain, a.grain):
+        if blames(top, dims, other, o.grain, a.grain):
             return True  # 3
         agree = all(dims[k] == v for k, v in other.items() if k in dims)
         return published and agree and not top and "tenant" in dims and "tenant" not in other  # 4
@@ -400,14 +371,14 @@ class Inhibitor:
     def _finer_alerts_cover(self, a: Alert, signal: str, dims: Dims, top: Dims) -> str | None:
         """Rule 5: every finer alert on ``a``'s signal is a slice of one open alert; return it."""
         for o in self.open.values():
-            if o.signal == signal and _strict_subset(dims, dict(o.dimensions)):
+            if o.signal == signal and is_strict_subset(dims, dict(o.dimensions)):
                 return None  # a finer slice pages on its own
         finer = [
             f
             for f in (*(h for _, h in self.held.values()), *self._window)
             if f.status == "firing"
             and signal_of(f) == signal
-            and _strict_subset(dims, f.dimensions)
+            and is_strict_subset(dims, f.dimensions)
         ]
         if not finer or (top and any(sorted(top) != sorted(f.dimensions) for f in finer)):
             return None  # no finer evidence, or a is explained by another breakdown
@@ -418,7 +389,7 @@ class Inhibitor:
         """Return an open alert whose series strictly contains ``f``'s and explains its signal."""
         for fp, o in self.open.items():
             if fp != me and explains(o.signal, signal_of(f)):
-                if _strict_subset(dict(o.dimensions), f.dimensions):
+                if is_strict_subset(dict(o.dimensions), f.dimensions):
                     return fp
         return None
 
@@ -439,25 +410,6 @@ class Inhibitor:
     @staticmethod
     def _finer(grain: str, than: str) -> bool:
         return grain_rank(grain) > grain_rank(than)
-
-
-def _blames(top: Dims, dims: Dims, other: Dims, other_grain: str, grain: str) -> bool:
-    """Whether a contributor ``top`` of an alert on ``dims`` points at the open alert ``other``."""
-    added = {k: v for k, v in top.items() if k not in dims}
-    return (
-        bool(added)
-        and grain_rank(other_grain) <= grain_rank(grain)
-        and all(other.get(k) == v for k, v in added.items())
-        and all(dims[k] == v for k, v in other.items() if k in dims)
-    )
-
-
-def _subset(small: Dims, big: Dims) -> bool:
-    return bool(small) and all(big.get(k) == v for k, v in small.items())
-
-
-def _strict_subset(small: Dims, big: Dims) -> bool:
-    return len(small) < len(big) and _subset(small, big)
 
 
 def window_start_of(key: str) -> datetime | None:
