@@ -483,6 +483,7 @@ DETECTOR_KEYS: Final = {
     "level_shift_min_history": int,
     "level_shift_unseasoned_ratio": float,
     "level_shift_unseasoned_min_history": int,
+    "level_shift_jump_ratio": float,
     "proportion_threshold": float,
     "drift_threshold": float,
     "drift_min_change": float,

@@ -180,6 +180,7 @@ class DetectorConfig:
     level_shift_seasonal_metrics: tuple[str, ...] = DEFAULT_SEASONAL_METRICS
     level_shift_unseasoned_ratio: float = 5.0  # volume jump trusted before a day is learned
     level_shift_unseasoned_min_history: int = 30  # ... and after this many windows (not 120)
+    level_shift_jump_ratio: float = 3.0  # x baseline: triggers at the resolve score (heavy tails)
     level_shift_policy: PolicyParams = field(default_factory=lambda: PolicyParams(2, 3, 15))
 
     proportion: ProportionParams = field(default_factory=ProportionParams)

@@ -189,6 +189,7 @@ class SeriesDetector:
                     cfg.level_shift_min_calls,
                     cfg.level_shift_unseasoned_ratio,
                     cfg.level_shift_unseasoned_min_history,
+                    cfg.level_shift_jump_ratio,
                 ),
                 cfg.level_shift_policy,
             )

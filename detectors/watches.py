@@ -9,6 +9,7 @@ then learn).
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Literal, NamedTuple, Protocol
@@ -72,6 +73,7 @@ class LevelShiftWatch:
     min_calls: int = 0
     unseasoned_ratio: float = 0.0
     unseasoned_min_history: int | None = None
+    jump_ratio: float = 0.0
     family: Family = "level_shift"
     scorer: LevelShift = field(init=False)
 
@@ -113,10 +115,22 @@ class LevelShiftWatch:
             and calls >= self.min_calls
             and (not self.needs_season or huge or self.scorer.season_ready(t))
         )
+        # A jump by ``jump_ratio`` x the baseline (latency p95 7 s -> 34 s) is an incident even
+        # when the series' deviations are so heavy-tailed that its calibrated p-value stays
+        # above the threshold: it triggers once the window is at least unusual, and persists
+        # while the jump lasts (the calibration learns the incident's deviations and would
+        # resolve it early).  Volume signals keep their own rules (the working day moves them
+        # by more than that).
+        jump = (
+            self.jump_ratio > 0.0
+            and not self.needs_season
+            and expected is not None
+            and _ratio(x, expected, self.direction) >= self.jump_ratio
+        )
         return Assessment(
             score,
-            trusted and material and score >= self.threshold,
-            material and unusual,
+            trusted and material and (score >= self.threshold or (jump and unusual)),
+            material and (unusual or jump),  # still 3x: not over, however used to it the tail is
             x,
             expected,
             self.threshold,
@@ -252,6 +266,17 @@ class ThresholdWatch:
 
     def learn(self, signal: Signal, t: float | None) -> None:
         """Rules have nothing to learn."""
+
+
+def _ratio(x: float, expected: float, direction: Direction) -> float:
+    """Return how many times ``x`` is ``expected`` in the watched direction (inf from zero)."""
+    up = x / expected if expected > 0.0 else (math.inf if x > 0.0 else 1.0)
+    down = expected / x if x > 0.0 else (math.inf if expected > 0.0 else 1.0)
+    if direction == "up":
+        return up
+    if direction == "down":
+        return down
+    return max(up, down)
 
 
 def _material(x: float, expected: float | None, min_change: float, direction: Direction) -> bool:

@@ -1,4 +1,4 @@
-"""Volume level shifts before a daily cycle is learned: only a huge jump is trusted."""
+"""Level-shift trust rules: huge volume jumps before a day is learned, big jumps on heavy tails."""
 
 from __future__ import annotations
 
@@ -51,3 +51,25 @@ def test_tenfold_jump_in_a_young_job_is_trusted_after_the_short_history() -> Non
 def test_short_history_is_only_for_huge_volume_jumps() -> None:
     w = _young_watch(110, 30)
     assert not w.assess(100.0, 60.0 * 110, 100).trigger  # 4x: waits for the full warm-up
+
+
+def _heavy_tailed_latency_watch(jump_ratio: float) -> LevelShiftWatch:
+    w = LevelShiftWatch("latency_p95", LevelShiftParams(), "up", 0.3, 0.2, min_history=120,
+                        min_change=0.3, min_calls=20, jump_ratio=jump_ratio)  # fmt: skip
+    rng = np.random.default_rng(2)
+    for i in range(150):  # a p95 with heavy-tailed window-to-window deviations
+        w.learn(float(7.0 * rng.lognormal(0.0, 0.35)), 60.0 * i)
+    return w
+
+
+def test_a_fivefold_percentile_jump_triggers_despite_a_heavy_tail() -> None:
+    a = _heavy_tailed_latency_watch(3.0).assess(35.0, 60.0 * 150, 120)
+    assert a.trigger and a.persist
+    plain = _heavy_tailed_latency_watch(0.0).assess(35.0, 60.0 * 150, 120)
+    assert plain.score == a.score  # same evidence; only the jump rule differs
+    assert 0.2 <= plain.score < 0.3 and not plain.trigger  # what hid hold-out 3's latency spike
+
+
+def test_an_ordinary_wobble_does_not_use_the_jump_rule() -> None:
+    a = _heavy_tailed_latency_watch(3.0).assess(12.0, 60.0 * 150, 120)  # 1.7x
+    assert not a.trigger
