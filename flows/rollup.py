@@ -29,9 +29,15 @@ from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
 from spanpulse.schemas.aggregate import Aggregator
-from spanpulse.schemas.batch import BatchProcessor, PartialBatch, RawBatch, RecordBatch
+from spanpulse.schemas.batch import (
+    BatchProcessor,
+    PartialBatch,
+    RawBatch,
+    RecordBatch,
+    drop_seen,
+)
 from spanpulse.schemas.cardinality import CardinalityLimiter
-from spanpulse.schemas.dedup import SeenSpanIds, duplicate_mask, state_version
+from spanpulse.schemas.dedup import SeenSpanIds, state_version
 from spanpulse.schemas.progress import (
     I64,
     ON_TIME,
@@ -250,7 +256,7 @@ class _PartitionStep:
         """De-duplicate, hold late records in the tracker, pre-aggregate the on-time ones."""
         processor = self.params.processor
         t0 = processor.timer()
-        batch = _drop_seen(batch, state.seen)
+        batch = drop_seen(batch, state.seen)
         records = batch.records
         marks = state.tracker.late_marks(
             records["end_time_ms"].fill_null(0).to_numpy(), _message_order(batch)
@@ -299,29 +305,6 @@ def _configured_seen(seen: SeenSpanIds | None, p: FlowParams) -> SeenSpanIds | N
     if (seen.horizon_ms, seen.max_ids) != (p.dedup_horizon_ms, p.dedup_max_ids):
         seen.configure(p.dedup_horizon_ms, p.dedup_max_ids)  # the current config wins
     return seen
-
-
-def _drop_seen(batch: RecordBatch, seen: SeenSpanIds | None) -> RecordBatch:
-    """Drop spans seen in earlier batches, counted in ``skipped["duplicate_span"]``.
-
-    Runs over the whole batch in stream order before anything else, as the de-duplication rule
-    requires (see ``schemas/dedup.py``); the same accounting as ``BatchProcessor.preaggregate``.
-    """
-    if seen is None or batch.records.is_empty():
-        return batch
-    dup = duplicate_mask(batch.records, seen)
-    dropped = int(dup.sum())
-    if not dropped:
-        return batch
-    records = batch.records.filter(pl.Series(~dup))
-    offsets = None if batch.offsets is None else batch.offsets[~dup]
-    skipped = dict(batch.skipped)
-    skipped["duplicate_span"] = skipped.get("duplicate_span", 0) + dropped
-    top = records["end_time_ms"].max() if records.height else None
-    max_event_ms = None if top is None else int(top)  # type: ignore[arg-type]
-    return replace(
-        batch, records=records, skipped=skipped, max_event_ms=max_event_ms, offsets=offsets
-    )
 
 
 def _message_order(batch: RecordBatch) -> I64 | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -22,7 +22,7 @@ import numpy.typing as npt
 import polars as pl
 
 from spanpulse.schemas.aggregate import Aggregator
-from spanpulse.schemas.dedup import SeenSpanIds, drop_duplicates
+from spanpulse.schemas.dedup import SeenSpanIds, duplicate_mask
 from spanpulse.schemas.privacy import TenantHasher
 from spanpulse.schemas.record import empty_records
 
@@ -157,13 +157,8 @@ class BatchProcessor:
         batch, so spans still reconcile: seen = records + skipped + per-span dead letters.
         """
         t0 = self.timer()
+        batch = drop_seen(batch, seen)
         records, skipped, max_event_ms = batch.records, dict(batch.skipped), batch.max_event_ms
-        if seen is not None and records.height:
-            records, dropped = drop_duplicates(records, seen)
-            if dropped:
-                skipped["duplicate_span"] = skipped.get("duplicate_span", 0) + dropped
-                top = records["end_time_ms"].max() if records.height else None
-                max_event_ms = None if top is None else int(top)  # type: ignore[arg-type]
         return PartialBatch(
             partition_id=batch.partition_id,
             wall_ms=batch.wall_ms,
@@ -182,3 +177,27 @@ class BatchProcessor:
             seen_ids=0 if seen is None else len(seen),
             forgotten_ids=0 if seen is None else seen.forgotten,
         )
+
+
+def drop_seen(batch: RecordBatch, seen: SeenSpanIds | None) -> RecordBatch:
+    """Drop spans ``seen`` in earlier batches, counted in ``skipped["duplicate_span"]``.
+
+    Runs over the whole batch in stream order before anything else, as the de-duplication rule
+    requires (see ``schemas/dedup.py``); the per-record offsets are filtered with the records
+    and the batch's largest event time is recomputed from what is kept.
+    """
+    if seen is None or batch.records.is_empty():
+        return batch
+    dup = duplicate_mask(batch.records, seen)
+    dropped = int(dup.sum())
+    if not dropped:
+        return batch
+    records = batch.records.filter(pl.Series(~dup))
+    offsets = None if batch.offsets is None else batch.offsets[~dup]
+    skipped = dict(batch.skipped)
+    skipped["duplicate_span"] = skipped.get("duplicate_span", 0) + dropped
+    top = records["end_time_ms"].max() if records.height else None
+    max_event_ms = None if top is None else int(top)  # type: ignore[arg-type]
+    return replace(
+        batch, records=records, skipped=skipped, max_event_ms=max_event_ms, offsets=offsets
+    )

@@ -42,6 +42,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 
+from spanpulse.schemas.bounded_cache import BoundedCache
 from spanpulse.schemas.conventions import (
     FIRST_TOKEN_EVENT,
     N_SLOTS,
@@ -156,7 +157,7 @@ _UNWANTED: Final[_Hit] = (0, NO_RANK + 1, None)
 _MAX_UNWANTED_CACHED: Final = 96
 
 
-class _AttributeCache(dict[bytes, _Hit]):
+class _AttributeCache(BoundedCache[bytes, _Hit]):
     """Decoded values of recently seen attributes, keyed by their whole encoding.
 
     Why: most attributes of an LLM span repeat verbatim from span to span (``tenant.id`` =
@@ -167,16 +168,6 @@ class _AttributeCache(dict[bytes, _Hit]):
     lookup, so a hit gives exactly what decoding would.  Bounded: cleared when ``limit``
     entries are reached.
     """
-
-    def __init__(self, limit: int) -> None:
-        super().__init__()
-        self.limit = limit
-
-    def remember(self, raw: bytes, hit: _Hit) -> None:
-        """Store one decoded attribute (clearing everything first when full)."""
-        if len(self) >= self.limit:
-            self.clear()
-        self[raw] = hit
 
 
 def _bytes_lookup(table: dict[str, Spec]) -> BytesLookup:
@@ -293,7 +284,7 @@ def _fill_unchecked(
         spec = get(raw[2:k])
         if spec is None or raw[0] != 0x0A:
             if len(raw) <= _MAX_UNWANTED_CACHED:
-                cache.remember(raw, _UNWANTED)
+                cache.put(raw, _UNWANTED)
             continue
         slot, rank, fast, kind, key, cacheable = spec
         if rank >= ranks[slot]:
@@ -322,7 +313,7 @@ def _fill_unchecked(
                 continue
         vals[slot], ranks[slot] = value, rank
         if cacheable:
-            cache.remember(raw, (slot, rank, value))
+            cache.put(raw, (slot, rank, value))
     return bad
 
 

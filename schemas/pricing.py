@@ -41,6 +41,7 @@ import polars as pl
 from genai_prices import data_snapshot
 from genai_prices import types as gp
 
+from spanpulse.schemas.bounded_cache import BoundedCache
 from spanpulse.schemas.conventions import GENAI_PRICES_PROVIDERS
 from spanpulse.schemas.record import NANOS_PER_USD
 
@@ -143,20 +144,6 @@ def plan_from_override(price: PriceLike) -> Plan:
     )
 
 
-class _BoundedCache(dict[Any, Any]):
-    """A dict that forgets everything when it reaches ``limit`` entries (cheap, bounded)."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__()
-        self.limit = limit
-
-    def put(self, key: Any, value: Any) -> Any:
-        if len(self) >= self.limit:
-            self.clear()
-        self[key] = value
-        return value
-
-
 class Pricing:
     """Prices LLM-call frames; build once from settings, reuse for every batch."""
 
@@ -175,8 +162,8 @@ class Pricing:
                 )
                 raise ValueError(msg)
         self._snapshot = data_snapshot.get_snapshot()
-        self._resolved: _BoundedCache = _BoundedCache(cache_size)
-        self._timed: _BoundedCache = _BoundedCache(cache_size)
+        self._resolved: BoundedCache[Any, Any] = BoundedCache(cache_size)
+        self._timed: BoundedCache[Any, Any] = BoundedCache(cache_size)
 
     # -- lookups (once per distinct key, cached) ------------------------------------------------
 
