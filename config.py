@@ -491,6 +491,7 @@ DETECTOR_KEYS: Final = {
     "min_calls_for_percentiles": int,
     "max_exemplars": int,
     "max_contributors": int,
+    "contributor_windows": int,
     "idle_after_windows": int,
     "rule_resolve_after": int,
     "rule_cooldown": int,

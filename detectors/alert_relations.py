@@ -7,8 +7,10 @@ shared with its tests and documentation.
 **Related signals.**  An alert on signal ``c`` explains a symptom on signal ``s`` when
 ``s == c`` (the metric without a rule's operator: ``length_share>0.05`` is ``length_share``)
 or ``s`` is in :data:`EXPLAINS` ``[c]``: more length stops mean longer outputs, slower calls
-and truncated JSON; input tokens (p95 and per call) and context fill measure one prompt size.
-The relation is directed: a latency alert never explains a length-stop alert.
+and truncated JSON; input tokens (p95 and per call) and context fill measure one prompt size;
+longer prompts or outputs cost more per call (a call is priced per token).
+The relation is directed: a latency alert never explains a length-stop alert, nor a cost per
+call alert a token one.
 
 **Blame.**  An alert *blames* a series when its top contributor explains at least
 :data:`BLAME_SHARE` of its change; the series blamed is the contributor's dimensions that the
@@ -37,9 +39,9 @@ _PROMPT: Final = frozenset({"input_tokens_p95", "input_tokens_per_call", "contex
 
 #: Cause signal -> the signals of its symptoms (besides itself); see the module docstring.
 EXPLAINS: Final[Mapping[str, frozenset[str]]] = {
-    "length_share": _OUTPUT | _SLOWER | {"parse_failure_rate"},
-    **{s: (_OUTPUT - {s}) | _SLOWER for s in _OUTPUT},
-    **{s: _PROMPT - {s} for s in _PROMPT},
+    "length_share": _OUTPUT | _SLOWER | {"parse_failure_rate", "cost_per_call"},
+    **{s: (_OUTPUT - {s}) | _SLOWER | {"cost_per_call"} for s in _OUTPUT},
+    **{s: (_PROMPT - {s}) | {"cost_per_call"} for s in _PROMPT},
 }
 
 _OPERATOR: Final = re.compile(r"[<>=]")

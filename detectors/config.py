@@ -226,6 +226,7 @@ class DetectorConfig:
     percentile_max_windows: int = 30
     max_exemplars: int = 5
     max_contributors: int = 3
+    contributor_windows: int = 3
     max_children: int = 50
     idle_after_windows: int = 360
 

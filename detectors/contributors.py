@@ -65,6 +65,12 @@ class ChildBaselines:
         self._stats: dict[ChildKey, dict[str, tuple[float, float]]] = {}
         self._seen: dict[ChildKey, int] = {}
         self._calls: dict[ChildKey, float] = {}
+        # short levels of a few per-call signals, updated every window: see :meth:`track`
+        self._levels: dict[ChildKey, dict[str, tuple[float, float]]] = {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore state pickled before a field was added (it gets its default)."""
+        self.__dict__.update({"_levels": {}, **state})
 
     def __len__(self) -> int:
         return len(self._stats)
@@ -102,6 +108,58 @@ class ChildBaselines:
                 if key not in keep:
                     del self._stats[key], self._seen[key], self._calls[key]
 
+    def track(
+        self,
+        children: Sequence[tuple[ChildKey, Mapping[str, Signal], int]],
+        names: frozenset[str],
+        halflife: float,
+    ) -> None:
+        """Fold every window's children, calm or not, into short levels of the ``names`` signals.
+
+        Why: a drift alarm sums evidence over tens of windows, so neither the firing window
+        nor the last few say which child crept -- one tenant's prompts that grew over the
+        hour, or the feature whose bloat already ended while the alarm caught up.  A child's
+        short level (per-call mean over about ``halflife`` windows, weighted by calls) against
+        its long baseline does (:meth:`explain_levels`).  Only per-call signals are tracked, a
+        few per child; children beyond the busiest kept ones are forgotten with them.
+        """
+        alpha = 1.0 - 0.5 ** (1.0 / halflife)
+        for key, signals, calls in children:
+            for name in names:
+                sig = signals.get(name)
+                if sig is None or isinstance(sig, tuple) or calls <= 0:
+                    continue
+                levels = self._levels.setdefault(key, {})
+                num, den = levels.get(name, (0.0, 0.0))
+                # EW sums of value x calls and of calls: a call-weighted recent mean
+                levels[name] = (
+                    num + alpha * (float(sig) * calls - num),
+                    den + alpha * (calls - den),
+                )
+        if len(self._levels) > self._max:
+            for key in [k for k in self._levels if k not in self._stats]:
+                del self._levels[key]
+
+    def explain_levels(self, name: str, limit: int) -> list[Contributor]:
+        """Rank children by ``(short level - baseline) x recent calls`` of ``name``'s proxy.
+
+        The drift counterpart of :meth:`explain`: see :meth:`track`.
+        """
+        rank_by = PERCENTILE_PROXIES.get(name, name)
+        groups: dict[tuple[str, ...], list[tuple[float, Contributor]]] = {}
+        for key, levels in self._levels.items():
+            level, base = levels.get(rank_by), self.baseline(key, rank_by)
+            if level is None or base is None or level[1] <= 0:
+                continue
+            recent = level[0] / level[1]
+            excess = (recent - base[0]) * level[1]
+            own = self.baseline(key, name)  # the proxy's baseline when rank_by == name
+            observed = recent if rank_by == name else None
+            expected = None if own is None else own[0]
+            contributor = Contributor(dict(key), observed, expected, None, round(level[1]))
+            groups.setdefault(tuple(d for d, _ in key), []).append((excess, contributor))
+        return _best_breakdown(groups, limit)
+
     def _rank(self, key: ChildKey) -> tuple[float, int]:
         """Busiest first, then most recently seen (ties are broken deterministically)."""
         return (self._calls.get(key, 0.0), self._seen.get(key, 0))
@@ -114,11 +172,18 @@ class ChildBaselines:
         self,
         name: str,
         additive: bool,
-        children: Sequence[tuple[ChildKey, Mapping[str, Signal], int]],
+        windows: Sequence[Sequence[tuple[ChildKey, Mapping[str, Signal], int]]],
         parent_rate: float | None,
         limit: int,
     ) -> list[Contributor]:
         """Rank children by their excess in ``name``; return the top ``limit`` positive ones.
+
+        ``windows`` holds the children of the alert's last few windows, oldest first, and a
+        child's excess is summed over them: an alert fires on evidence gathered over several
+        windows (a proportion test's counts, a CUSUM, ``for: N``), so the window that tipped
+        it over may hold little of the change -- one error on another model can be all the
+        excess of the firing window of a tenant whose error rate an outage on a third model
+        raised for three windows.  Each contributor reports the child's latest window.
 
         Children may come from several breakdowns (``tenant.model`` and ``tenant.feature``
         rows of one tenant): each breakdown is ranked on its own, since each one splits the
@@ -126,35 +191,30 @@ class ChildBaselines:
         alert names the model *or* the feature that drove the change, whichever explains more.
         """
         rank_by = PERCENTILE_PROXIES.get(name, name)
+        excesses: dict[ChildKey, float] = {}
+        latest: dict[ChildKey, Contributor] = {}
+        for children in windows:
+            for key, signals, calls in children:
+                sig = signals.get(rank_by)
+                if sig is None:
+                    continue
+                excess, expected = self._excess(key, rank_by, sig, additive, calls, parent_rate)
+                excesses[key] = excesses.get(key, 0.0) + excess
+                if rank_by != name:  # report the child's own percentile, not the proxy
+                    own, base = signals.get(name), self.baseline(key, name)
+                    latest[key] = Contributor(
+                        dict(key),
+                        None if own is None else signal_value(own),
+                        None if base is None else base[0],
+                        None,
+                        calls,
+                    )
+                else:
+                    latest[key] = _contributor(key, sig, expected, calls)
         groups: dict[tuple[str, ...], list[tuple[float, Contributor]]] = {}
-        for key, signals, calls in children:
-            sig = signals.get(rank_by)
-            if sig is None:
-                continue
-            excess, expected = self._excess(key, rank_by, sig, additive, calls, parent_rate)
-            if rank_by != name:  # report the child's own percentile, not the proxy
-                own, base = signals.get(name), self.baseline(key, name)
-                contributor = Contributor(
-                    dict(key),
-                    None if own is None else signal_value(own),
-                    None if base is None else base[0],
-                    None,
-                    calls,
-                )
-            else:
-                contributor = _contributor(key, sig, expected, calls)
-            group = groups.setdefault(tuple(d for d, _ in key), [])
-            group.append((excess, contributor))
-        best: list[Contributor] = []
-        for rows in groups.values():
-            total = sum(e for e, _ in rows if e > 0)
-            if total <= 0:
-                continue
-            ranked = sorted((r for r in rows if r[0] > 0), key=lambda r: -r[0])[:limit]
-            shares = [_with_share(c, e / total) for e, c in ranked]
-            if not best or (shares[0].share or 0.0) > (best[0].share or 0.0):
-                best = shares
-        return best
+        for key, excess in excesses.items():
+            groups.setdefault(tuple(d for d, _ in key), []).append((excess, latest[key]))
+        return _best_breakdown(groups, limit)
 
     def _excess(
         self,
@@ -177,6 +237,22 @@ class ChildBaselines:
         if expected is None:
             return 0.0, None
         return (value - expected) * calls, expected
+
+
+def _best_breakdown(
+    groups: Mapping[tuple[str, ...], Sequence[tuple[float, Contributor]]], limit: int
+) -> list[Contributor]:
+    """Shares of each breakdown's positive excess; the breakdown whose top child explains most."""
+    best: list[Contributor] = []
+    for rows in groups.values():
+        total = sum(e for e, _ in rows if e > 0)
+        if total <= 0:
+            continue
+        ranked = sorted((r for r in rows if r[0] > 0), key=lambda r: -r[0])[:limit]
+        shares = [_with_share(c, e / total) for e, c in ranked]
+        if not best or (shares[0].share or 0.0) > (best[0].share or 0.0):
+            best = shares
+    return best
 
 
 def _contributor(key: ChildKey, sig: Signal, expected: float | None, calls: int) -> Contributor:

@@ -18,6 +18,7 @@ discards state saved under a different configuration or algorithm version.
 from __future__ import annotations
 
 import pickle
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -26,7 +27,13 @@ from typing import Any, Final
 from spanpulse.detectors import messages
 from spanpulse.detectors.budget import BUDGET_LABELS, RESOLVE_RATIO, BudgetBurn, BudgetReading
 from spanpulse.detectors.config import ADDITIVE_SIGNALS, DetectorConfig
-from spanpulse.detectors.contributors import ChildBaselines, ChildKey, child_key, row_dimensions
+from spanpulse.detectors.contributors import (
+    PERCENTILE_PROXIES,
+    ChildBaselines,
+    ChildKey,
+    child_key,
+    row_dimensions,
+)
 from spanpulse.detectors.policy import AlertPolicy, PolicyParams, Transition
 from spanpulse.detectors.signals import UNITS, PercentilePool, Signal, derive_signals
 from spanpulse.detectors.watches import (
@@ -80,6 +87,9 @@ class SeriesDetector:
         self.dimensions: dict[str, str] = {}
         self._watched: dict[str, _Watched] = {}
         self._children = ChildBaselines(max_children=config.max_children)
+        # the children of the last few windows: contributors sum a child's excess over them
+        self._recent_children: deque[ChildSignals] = deque(maxlen=config.contributor_windows)
+        self._drift_proxies: frozenset[str] = frozenset()  # see ChildBaselines.track
         self._budget: BudgetBurn | None = None
         self._budget_policies: dict[str, AlertPolicy] = {}
         self._budget_severity: dict[str, Severity] = {}
@@ -134,6 +144,9 @@ class SeriesDetector:
             for c in children
             if not c.get("late")
         ]
+        self._recent_children.append(win.child_signals)
+        if self._drift_proxies:
+            self._children.track(win.child_signals, self._drift_proxies, cfg.drift.level_halflife)
         calls = int(row.get("calls") or 0)
         self._typical_calls += _CALLS_WEIGHT * (calls - self._typical_calls)
         alerts = [a for w in self._watched.values() if (a := self._step(w, signals, win, calls))]
@@ -147,6 +160,7 @@ class SeriesDetector:
         if self.grain is None:
             return []
         self._quiet += 1
+        self._recent_children.append([])
         self._typical_calls -= _CALLS_WEIGHT * self._typical_calls
         win = _Window(window_end - self._window_len, window_end)
         zeros: dict[str, Signal] = dict.fromkeys(("calls", "call_rate", "cost_usd", "tokens"), 0.0)
@@ -215,6 +229,7 @@ class SeriesDetector:
 
     def _setup_drift(self) -> None:
         cfg = self.config
+        self._drift_proxies = frozenset(PERCENTILE_PROXIES.get(m, m) for m in cfg.drift_metrics)
         for metric in cfg.drift_metrics:
             self._add(
                 DriftWatch(
@@ -264,9 +279,16 @@ class SeriesDetector:
     def _fire(self, w: _Watched, a: Assessment, win: _Window) -> Alert:
         cfg, metric = self.config, w.watch.metric
         parent_rate = a.expected if isinstance(a.details.get("trials"), int) else None
-        contributors = self._children.explain(
-            metric, metric in ADDITIVE_SIGNALS, win.child_signals, parent_rate, cfg.max_contributors
-        )
+        if isinstance(w.watch, DriftWatch):  # evidence of tens of windows: short levels
+            contributors = self._children.explain_levels(metric, cfg.max_contributors)
+        else:
+            contributors = self._children.explain(
+                metric,
+                metric in ADDITIVE_SIGNALS,
+                self._recent_children if win.row else (),
+                parent_rate,
+                cfg.max_contributors,
+            )
         w.exemplars = self._exemplars(win, contributors)
         started = w.policy.started_at or win.start
         detail = _count_detail(a)

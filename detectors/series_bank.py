@@ -60,14 +60,6 @@ class SeriesDetectorLike(Protocol):
         ...
 
 
-def child_grains(
-    grain_dims: Sequence[str], grains: Sequence[Sequence[str]]
-) -> list[tuple[str, ...]]:
-    """Return every configured grain that refines ``grain_dims`` by exactly one dimension."""
-    parent = set(grain_dims)
-    return [tuple(d) for d in grains if len(d) == len(grain_dims) + 1 and parent < set(d)]
-
-
 @dataclass
 class DetectorBank:
     """Series detectors of one grain.

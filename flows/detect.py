@@ -17,9 +17,9 @@ from bytewax.dataflow import Dataflow, Stream
 from bytewax.operators import StatefulLogic
 from bytewax.outputs import Sink
 
+from spanpulse.detectors.breakdowns import window_children
 from spanpulse.detectors.grain_detectors import GrainDetectors
 from spanpulse.detectors.inhibit import WindowGate
-from spanpulse.detectors.series_bank import child_grains
 from spanpulse.schemas.alert import Alert
 
 #: One grain's share of a closed window: (window key, grain, its rows, its child grain's rows).
@@ -42,9 +42,7 @@ def split_for_detection(window: pl.DataFrame, grains: Sequence[Sequence[str]]) -
     for dims in grains:
         name = ".".join(dims)
         rows = by_grain.get(name, window.clear())
-        parts = [by_grain[n] for c in child_grains(dims, grains) if (n := ".".join(c)) in by_grain]
-        kids = pl.concat(parts, how="vertical_relaxed") if parts else None
-        out.append((name, (key, name, rows, kids)))
+        out.append((name, (key, name, rows, window_children(by_grain, dims, grains))))
     return out
 
 

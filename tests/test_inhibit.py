@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pickle
 from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
 
 from spanpulse.detectors.inhibit import Inhibitor, WindowGate, explains, grain_rank, signal_of
 from spanpulse.schemas.alert import Alert, Contributor, build_alert
@@ -289,7 +292,7 @@ def test_a_symptom_is_released_only_after_every_explaining_alert_resolved() -> N
     level = _alert("model", {"model": "o3"}, metric="input_tokens_p95", detector="level_shift")
     other = _creep("model", {"model": "x"}, 1, metric="input_tokens_per_call")
     bare = _creep("tenant", {"tenant": "t9"}, 0)  # no breakdown: rule 4, prompt-size family
-    inh = Inhibitor(release_after=3)
+    inh = Inhibitor(release_after=3, release_after_drift=3)
     assert inh.process([level]) == [level]
     assert inh.process([bare]) == []
     assert inh.process([other]) == [other]
@@ -340,8 +343,113 @@ def test_percentile_contributors_rank_small_children_by_their_per_call_mean() ->
                   (mini, {"output_tokens_per_call": 200.0}, 20)])  # fmt: skip
     kids = [(claude, {"output_tokens_per_call": 900.0}, 20),
             (mini, {"output_tokens_per_call": 210.0}, 20)]  # fmt: skip
-    (top, second) = cb.explain("output_tokens_p95", False, kids, None, 5)
+    (top, second) = cb.explain("output_tokens_p95", False, [kids], None, 5)
     assert top.dimensions == {"tenant": "t5", "model": "claude"}
     assert top.share is not None and top.share > 0.95
     assert top.observed is None and top.expected is None  # no p95 of its own: not made up
     assert second.dimensions["model"] == "mini"
+
+
+def test_contributors_sum_a_childs_excess_over_the_alerts_recent_windows() -> None:
+    # An outage on haiku raises a tenant's error rate for three windows; the window that tips
+    # the test over holds one error on o3. The contributor is haiku, not o3.
+    from spanpulse.detectors.contributors import ChildBaselines, child_key
+
+    cb = ChildBaselines()
+    haiku, o3 = (
+        child_key({"tenant": "t", "model": "haiku"}),
+        child_key({"tenant": "t", "model": "o3"}),
+    )
+    for _ in range(30):
+        cb.learn([(haiku, {"error_rate": (0.0, 15.0)}, 15), (o3, {"error_rate": (0.0, 10.0)}, 10)])
+    windows = [
+        [(haiku, {"error_rate": (3.0, 15.0)}, 15), (o3, {"error_rate": (0.0, 10.0)}, 10)],
+        [(haiku, {"error_rate": (5.0, 15.0)}, 15), (o3, {"error_rate": (0.0, 10.0)}, 10)],
+        [(haiku, {"error_rate": (0.0, 15.0)}, 15), (o3, {"error_rate": (1.0, 10.0)}, 10)],
+    ]
+    (last_only,) = cb.explain("error_rate", False, windows[-1:], 0.0, 3)
+    assert last_only.dimensions["model"] == "o3"  # what one window says
+    top = cb.explain("error_rate", False, windows, 0.0, 3)[0]
+    assert top.dimensions["model"] == "haiku"
+    assert top.share == pytest.approx(8 / 9)
+    assert top.observed == 0.0  # the child's latest window, as reported
+
+
+def test_cost_per_call_is_a_symptom_of_prompt_and_output_size_not_their_cause() -> None:
+    for cause in ("input_tokens_p95", "input_tokens_per_call", "context_fill_p95",
+                  "output_tokens_p95", "length_share"):  # fmt: skip
+        assert explains(cause, "cost_per_call")
+        assert not explains("cost_per_call", cause)
+
+
+def test_drift_contributors_name_the_child_that_crept_not_the_last_windows_noise() -> None:
+    # A tenant's agent prompts doubled for 20 windows and are back to normal for 3; the tenant's
+    # drift alarm fires only now. The last windows show a little noise on extract; the short
+    # levels still name agent.
+    from spanpulse.detectors.contributors import ChildBaselines, child_key
+
+    cb = ChildBaselines()
+    agent, extract = (
+        child_key({"tenant": "t", "feature": "agent"}),
+        child_key({"tenant": "t", "feature": "extract"}),
+    )
+    names = frozenset({"input_tokens_per_call"})
+
+    def window(a: float, e: float) -> list[tuple[Any, dict[str, Any], int]]:
+        return [
+            (agent, {"input_tokens_per_call": a}, 20),
+            (extract, {"input_tokens_per_call": e}, 10),
+        ]
+
+    for _ in range(60):
+        cb.learn(window(10_000.0, 3_000.0))
+        cb.track(window(10_000.0, 3_000.0), names, 10.0)
+    for _ in range(20):
+        cb.track(window(20_000.0, 3_000.0), names, 10.0)
+    last = [window(10_000.0, 3_300.0) for _ in range(3)]
+    for w in last:
+        cb.track(w, names, 10.0)
+    assert cb.explain("input_tokens_per_call", False, last, None, 3)[0].dimensions == dict(extract)
+    top = cb.explain_levels("input_tokens_per_call", 3)[0]
+    assert top.dimensions == {"tenant": "t", "feature": "agent"}
+    assert top.share is not None and top.share > 0.9
+    assert top.expected == pytest.approx(10_000.0)
+    assert top.observed is not None and 10_000.0 < top.observed < 20_000.0
+    assert top.calls == 20
+
+
+def test_child_levels_survive_a_pickle_of_an_older_version() -> None:
+    from spanpulse.detectors.contributors import ChildBaselines
+
+    cb = ChildBaselines()
+    state = dict(cb.__dict__)
+    del state["_levels"]  # pickled before the field existed
+    old = ChildBaselines.__new__(ChildBaselines)
+    old.__setstate__(state)
+    assert old.explain_levels("input_tokens_per_call", 3) == []
+
+
+def test_a_drift_symptom_gets_longer_to_wind_down_than_other_symptoms() -> None:
+    cause = _alert("feature", {"feature": "agent"}, metric="input_tokens_per_call",
+                   detector="drift")  # fmt: skip
+    drift = _alert("tenant", {"tenant": "acme"}, metric="input_tokens_per_call", detector="drift",
+                   top={"tenant": "acme", "feature": "agent"}, minute=1)  # fmt: skip
+    level = _alert("tenant", {"tenant": "acme"}, metric="input_tokens_p95", detector="level_shift",
+                   top={"tenant": "acme", "feature": "agent"}, minute=1)  # fmt: skip
+    inh = Inhibitor(release_after=3, release_after_drift=6)
+    assert inh.process([cause]) == [cause]
+    assert inh.process([drift, level]) == []  # both blame the open feature alert
+    inh.process([_alert("feature", {"feature": "agent"}, metric="input_tokens_per_call",
+                        detector="drift", status="resolved", minute=2)])  # fmt: skip
+    released = [(a.detector, a.metric) for _ in range(8) for a in inh.process([])]
+    assert released == [("level_shift", "input_tokens_p95")]  # after 3 windows
+    assert inh.held[drift.fingerprint][0] == level.fingerprint  # same series: one page (rule 1)
+    inh2 = Inhibitor(release_after=3, release_after_drift=6)
+    inh2.process([cause])
+    inh2.process([drift])
+    inh2.process([_alert("feature", {"feature": "agent"}, metric="input_tokens_per_call",
+                         detector="drift", status="resolved", minute=2)])  # fmt: skip
+    assert [inh2.process([]) for _ in range(4)] == [[]] * 4  # past release_after: still held
+    drift_resolved = _alert("tenant", {"tenant": "acme"}, metric="input_tokens_per_call",
+                            detector="drift", status="resolved", minute=7)  # fmt: skip
+    assert inh2.process([drift_resolved]) == []  # wound down within its grace: never paged
