@@ -267,9 +267,11 @@ def run_job(
     from bytewax.recovery import RecoveryConfig
     from bytewax.run import cli_main
 
+    from spanpulse.flows.gc_tuning import tune_gc
     from spanpulse.flows.job import build_job
     from spanpulse.sinks.metrics import start_http_server
 
+    tune_gc()
     try:
         job = build_job(settings, bounded=bounded)
     except _source_errors() as err:

@@ -121,10 +121,13 @@ class ChildBaselines:
         hour, or the feature whose bloat already ended while the alarm caught up.  A child's
         short level (per-call mean over about ``halflife`` windows, weighted by calls) against
         its long baseline does (:meth:`explain_levels`).  Only per-call signals are tracked, a
-        few per child; children beyond the busiest kept ones are forgotten with them.
+        few per child, and only children with a baseline (the busiest kept ones); they are
+        forgotten with it.
         """
         alpha = 1.0 - 0.5 ** (1.0 / halflife)
         for key, signals, calls in children:
+            if key not in self._stats:  # no baseline: never ranked (a model has 500 tenants)
+                continue
             for name in names:
                 sig = signals.get(name)
                 if sig is None or isinstance(sig, tuple) or calls <= 0:
@@ -136,7 +139,7 @@ class ChildBaselines:
                     num + alpha * (float(sig) * calls - num),
                     den + alpha * (calls - den),
                 )
-        if len(self._levels) > self._max:
+        if len(self._levels) > len(self._stats):
             for key in [k for k in self._levels if k not in self._stats]:
                 del self._levels[key]
 
