@@ -104,17 +104,6 @@ class LevelShiftWatch:
             and expected > 0.0
             and x >= self.unseasoned_ratio * expected
         )
-        # A huge volume jump is also trusted on a shorter history: the job may have started
-        # minutes before a runaway loop, and the windows it waited through would otherwise be
-        # learned into the baseline before the full ``min_history`` is reached.
-        history = self.min_history
-        if self.needs_season and huge and self.unseasoned_min_history is not None:
-            history = min(history, self.unseasoned_min_history)
-        trusted = (
-            self.scorer.observations >= history
-            and calls >= self.min_calls
-            and (not self.needs_season or huge or self.scorer.season_ready(t))
-        )
         # A jump by ``jump_ratio`` x the baseline (latency p95 7 s -> 34 s) is an incident even
         # when the series' deviations are so heavy-tailed that its calibrated p-value stays
         # above the threshold: it triggers once the window is at least unusual, and persists
@@ -126,6 +115,19 @@ class LevelShiftWatch:
             and not self.needs_season
             and expected is not None
             and _ratio(x, expected, self.direction) >= self.jump_ratio
+        )
+        # A huge volume jump, or a jump of another signal, is also trusted on a shorter
+        # history: the job may have started minutes before a runaway loop or a latency spike,
+        # and the windows it waited through would otherwise be learned into the baseline
+        # before the full ``min_history`` is reached (hold-out 5: a 25-minute latency spike
+        # starting 115 minutes after the job was never paged).
+        history = self.min_history
+        if ((self.needs_season and huge) or jump) and self.unseasoned_min_history is not None:
+            history = min(history, self.unseasoned_min_history)
+        trusted = (
+            self.scorer.observations >= history
+            and calls >= self.min_calls
+            and (not self.needs_season or huge or self.scorer.season_ready(t))
         )
         return Assessment(
             score,

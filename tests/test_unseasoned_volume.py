@@ -73,3 +73,21 @@ def test_a_fivefold_percentile_jump_triggers_despite_a_heavy_tail() -> None:
 def test_an_ordinary_wobble_does_not_use_the_jump_rule() -> None:
     a = _heavy_tailed_latency_watch(3.0).assess(12.0, 60.0 * 150, 120)  # 1.7x
     assert not a.trigger
+
+
+def _young_latency_watch(windows: int, min_history: int | None) -> LevelShiftWatch:
+    w = LevelShiftWatch("latency_p95", LevelShiftParams(), "up", 0.3, 0.2, min_history=120,
+                        min_change=0.3, min_calls=20, unseasoned_min_history=min_history,
+                        jump_ratio=3.0)  # fmt: skip
+    rng = np.random.default_rng(3)
+    for i in range(windows):
+        w.learn(float(7.0 * rng.lognormal(0.0, 0.35)), 60.0 * i)
+    return w
+
+
+def test_a_percentile_jump_in_a_young_job_is_trusted_after_the_short_history() -> None:
+    # hold-out 5: a 5x latency spike 115 minutes after the job started, before the warm-up
+    assert _young_latency_watch(115, 30).assess(35.0, 60.0 * 115, 120).trigger
+    assert not _young_latency_watch(115, None).assess(35.0, 60.0 * 115, 120).trigger
+    assert not _young_latency_watch(20, 30).assess(35.0, 60.0 * 20, 120).trigger  # too young
+    assert not _young_latency_watch(115, 30).assess(14.0, 60.0 * 115, 120).trigger  # 2x: waits
