@@ -182,5 +182,9 @@ def get_flow(config_path: str, until_caught_up: bool = False) -> Dataflow:
     """Entry point for ``python -m bytewax.run "spanpulse.flows.job:get_flow('spanpulse.toml')"``.
 
     With ``until_caught_up=True`` every process stops at the end offsets it saw at start.
+    Sets the job's collector thresholds (:mod:`spanpulse.flows.gc_tuning`) in this process.
     """
+    from spanpulse.flows.gc_tuning import tune_gc
+
+    tune_gc()
     return build_job(load(Path(config_path)), bounded=until_caught_up).flow
