@@ -133,6 +133,9 @@ def tail(
     Stops after ``idle_timeout_s`` without a new alert, or never when ``None``.
     """
     conf = {
+        # Alerts are few: a short fetch wait costs little, and a broker that answers a fetch
+        # only when the wait expires (tansu) would otherwise hold each alert up to 500 ms.
+        "fetch.wait.max.ms": "100",
         **client_config,
         "group.id": "spanpulse-tail",
         "enable.auto.commit": "false",
