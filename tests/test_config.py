@@ -160,6 +160,7 @@ def test_threshold_rules_and_grain_families_come_from_config() -> None:
         ),
         ({"rules": [{"metric": "length_share", "op": ">", "value": 1, "fro": 2}]}, "fro"),
         ({"grain_families": {"tenant": ["levelshift"]}}, "unknown families"),
+        ({"contributor_windows": 0}, "contributor_windows: expected a positive integer"),
     ],
 )
 def test_bad_detector_rules_are_one_line_errors(detectors: dict, needle: str) -> None:
