@@ -72,7 +72,9 @@ def window_children(
     ``by_grain`` holds the window's rows per grain name.  Refinement rows come as they are;
     stand-in rows (see the module docstring) get the version dimension's column, set only
     where the series' base had a single version in the window (other rows are left out), and
-    only the ``stand_in_limit`` busiest per series.
+    only the ``stand_in_limit`` busiest per series.  Their ``grain`` names the parent's
+    dimensions plus the one they add (``feature.prompt_version.tenant``), so a contributor
+    carries the parent's dimensions as every other contributor does.
     """
     parts = [
         by_grain[n] for c in child_grains(grain_dims, grains) if (n := ".".join(c)) in by_grain
@@ -90,12 +92,14 @@ def window_children(
                 .filter(pl.col(version).list.len() == 1)
                 .with_columns(pl.col(version).list.first())
             )
+            (added,) = set(dims) - set(grain_dims)
             labelled = (
                 rows.drop(version, strict=False)
                 .join(single, on=base, how="inner")
                 .filter(
                     pl.col("calls").rank("ordinal", descending=True).over(base) <= stand_in_limit
                 )
+                .with_columns(pl.lit(".".join((*grain_dims, added))).alias("grain"))
             )
             parts.append(labelled.select(rows.columns) if version in rows.columns else labelled)
     return pl.concat(parts, how="diagonal_relaxed") if parts else None

@@ -6,6 +6,7 @@ import polars as pl
 
 from spanpulse.config import DEFAULT_GRAINS
 from spanpulse.detectors.breakdowns import child_grains, stand_in_grains, window_children
+from spanpulse.detectors.contributors import row_dimensions
 
 GRAINS = [g.dims for g in DEFAULT_GRAINS]
 
@@ -49,11 +50,14 @@ def test_stand_in_rows_only_for_features_running_one_version_in_the_window() -> 
     }  # fmt: skip
     kids = window_children(by_grain, ("feature", "prompt_version"), GRAINS)
     assert kids is not None
-    stand_ins = kids.filter(pl.col("grain") == "tenant.feature").sort("tenant")
+    stand_ins = kids.filter(pl.col("grain") == "feature.prompt_version.tenant").sort("tenant")
+    assert kids.filter(pl.col("grain") == "tenant.feature").is_empty()
     assert stand_ins.select("tenant", "feature", "prompt_version", "calls").rows() == [
         ("a", "search", "s5", 60),
         ("b", "search", "s5", 30),
     ]  # chat's tenants are left out: their calls mix c1 and c2
+    dims = row_dimensions(stand_ins.row(0, named=True))
+    assert dims == {"feature": "search", "prompt_version": "s5", "tenant": "a"}  # parent's + tenant
     assert kids.filter(pl.col("grain") == "feature.prompt_version.model").height == 1
     assert kids.columns == by_grain["tenant.feature"].columns
 
