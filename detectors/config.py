@@ -255,7 +255,9 @@ class DetectorConfig:
             msg = f"proportion_metrics must be proportions {sorted(PROPORTIONS)}, got {sorted(not_props)}"
             raise ValueError(msg)
         if self.contributor_windows < 1:
-            msg = f"DetectorConfig: contributor_windows must be >= 1, got {self.contributor_windows}"
+            msg = (
+                f"DetectorConfig: contributor_windows must be >= 1, got {self.contributor_windows}"
+            )
             raise ValueError(msg)
         for name in ("level_shift", "proportion", "drift"):
             thr, res = getattr(self, f"{name}_threshold"), getattr(self, f"{name}_resolve")
