@@ -21,8 +21,9 @@ Policy (``docs/cardinality.md`` states the error bounds):
   (by calls, ties by values) are folded into the all-``__other__`` tuple.
 * ``__unknown__``, ``__other__`` and nulls are reserved: never counted, never folded.
 
-State only moves forward on on-time rows of a window newer than the last one seen; late rows
-and re-emitted windows are folded with the current admitted set.  One instance per grain.
+The window clock, streaks and evictions only move on on-time rows of a window newer than the
+last one seen.  Late rows and re-emitted windows add their traffic (aged by the windows since)
+and may take a *free* slot, then are folded with the admitted set.  One instance per grain.
 """
 
 from __future__ import annotations
@@ -116,6 +117,37 @@ class _DimensionAdmission:
                 break
             if value not in self.admitted and self.candidates[value][1] >= admit_after:
                 self.admitted[value] = [0, int(self.candidates[value][2])]
+
+    def observe_late(
+        self,
+        weights: Mapping[str, int],
+        factor: float,
+        window: int,
+        min_share: float,
+        admit_after: int,
+    ) -> None:
+        """Count a late window's traffic (aged by ``factor``) and let it take free slots.
+
+        Why: a tenant whose exporter always lags (or whose first calls arrive late) would
+        otherwise stay in ``__other__`` with hundreds of slots free.  Late traffic never moves
+        streaks or evicts anything, so a late batch cannot push an incumbent out; with a full
+        admitted set it only adds to the counters.  Admission follows the on-time rule, with
+        the late batch counting as one window ranked in.
+        """
+        self.total += factor * float(sum(weights.values()))
+        for value, weight in weights.items():
+            entry = self.candidates.setdefault(value, [0.0, 0.0, float(window)])
+            entry[0] += factor * float(weight)
+            entry[2] = max(entry[2], float(window))
+        for value in weights.keys() & self.admitted.keys():
+            self.admitted[value][1] = max(self.admitted[value][1], window)
+        self._prune()
+        for value in self.top(min_share):
+            if len(self.admitted) >= self.limit:
+                break
+            entry = self.candidates[value]
+            if value in weights and value not in self.admitted and entry[1] + 1 >= admit_after:
+                self.admitted[value] = [0, int(entry[2])]
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -246,13 +278,13 @@ class CardinalityLimiter:
         return rows
 
     def _observe(self, part: pl.DataFrame) -> None:
-        """Move the state forward by this window, unless it is late or already seen."""
+        """Move the state forward by this window; late or re-emitted rows only add traffic."""
         on_time = part.filter(~pl.col("late"))
-        if on_time.is_empty():
+        window = _window_index(part["window_start"][0], part["window_end"][0])
+        if on_time.is_empty() or (self._last_window is not None and window <= self._last_window):
+            self._observe_late(part, window)
             return
-        window = _window_index(on_time["window_start"][0], on_time["window_end"][0])
-        if self._last_window is not None and window <= self._last_window:
-            return
+        late = part.filter(pl.col("late"))
         elapsed = 1 if self._last_window is None else window - self._last_window
         factor = self.decay**elapsed  # underflows to 0.0 after a long gap: a fresh start
         for dim, admission in self._dims.items():
@@ -262,6 +294,19 @@ class CardinalityLimiter:
             )
         self._last_window = window
         self._counters["windows"] += 1
+        if not late.is_empty():
+            self._observe_late(late, window)
+
+    def _observe_late(self, part: pl.DataFrame, window: int) -> None:
+        """Add a late (or re-emitted) window's traffic, aged by how far the clock has moved."""
+        now = window if self._last_window is None else max(window, self._last_window)
+        if now - window >= self.idle_windows:
+            return  # older than anything the state remembers
+        factor = self.decay ** (now - window)
+        for dim, admission in self._dims.items():
+            admission.observe_late(
+                _weights(part, dim), factor, window, self.min_share, self.admit_after
+            )
 
     def _map_values(self, part: pl.DataFrame) -> pl.DataFrame:
         """Replace non-admitted values by ``__other__`` and flag the rows that changed."""
