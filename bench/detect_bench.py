@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
+import hashlib
+import json
 import pickle
 import time
 from pathlib import Path
@@ -41,10 +43,13 @@ from spanpulse.schemas.scenario import Scenario
 JOB_GC = (50_000, 20, 100)
 
 
-def build_windows(settings: object, minutes: int) -> list[pl.DataFrame]:
+def build_windows(
+    settings: object, minutes: int, rate: float = 30.0, scenario: Path | None = None
+) -> list[pl.DataFrame]:
     """Closed, limited windows of ``minutes`` of traffic, as the job hands them to detection."""
-    sc = Scenario.from_mapping({"name": "detect-bench", "seed": 5, "start": "2025-03-04T09:00:00Z",
-                                "duration": f"{minutes}m", "tenants": 500, "rate": 30.0})  # fmt: skip
+    sc = Scenario.load(scenario) if scenario else Scenario.from_mapping(
+        {"name": "detect-bench", "seed": 5, "start": "2025-03-04T09:00:00Z",
+         "duration": f"{minutes}m", "tenants": 500, "rate": rate})  # fmt: skip
     s = settings
     proc = make_processor(s)  # type: ignore[arg-type]
     agg = proc.aggregator
@@ -91,13 +96,22 @@ def main() -> None:
     p.add_argument("--gc", choices=("default", "job"), default="job",
                    help="collector thresholds: CPython's defaults or the job's (flows/gc_tuning.py)")  # fmt: skip
     p.add_argument("--minutes", type=int, default=150)
-    p.add_argument("--cache", type=Path, default=Path("/tmp/spanpulse-detect-bench.pkl"))
+    p.add_argument("--rate", type=float, default=30.0,
+                   help="calls/s of event time (the live latency run uses about 3,600)")  # fmt: skip
+    p.add_argument("--scenario", type=Path,
+                   help="a scenario file instead of incident-free traffic (it has alerts to compare)")  # fmt: skip
+    p.add_argument("--cache", type=Path, help="window cache (default: per minutes and rate)")
+    p.add_argument("--alerts-out", type=Path, help="write every alert (JSON lines) to compare runs")
     a = p.parse_args()
+    if a.cache is None:
+        suffix = "" if (a.minutes, a.rate) == (150, 30.0) else f"-{a.minutes}m-{a.rate:g}"
+        suffix = f"-{a.scenario.stem}" if a.scenario else suffix
+        a.cache = Path(f"/tmp/spanpulse-detect-bench{suffix}.pkl")
     settings = from_mapping({"inputs": [{"topic": "bench", "encoding": "span_json"}]})
     if a.cache.exists():
         windows = pickle.loads(a.cache.read_bytes())  # noqa: S301 - our own cache file
     else:
-        windows = build_windows(settings, a.minutes)
+        windows = build_windows(settings, a.minutes, a.rate, a.scenario)
         a.cache.write_bytes(pickle.dumps(windows))
     if a.gc == "job":
         gc.set_threshold(*JOB_GC)
@@ -105,7 +119,7 @@ def main() -> None:
     grains = [g.dims for g in settings.rollups.grains]
     dims = {g.name: g.dims for g in settings.rollups.grains}
     banks: dict[str, GrainDetectors] = {}
-    alerts = 0
+    alerts: list[object] = []
     t0 = time.process_time()
     for w in windows:
         for name, (_key, _grain, rows, kids) in split_for_detection(w, grains):
@@ -113,11 +127,14 @@ def main() -> None:
             if bank is None:
                 bank = GrainDetectors.build(dims[name], cfg, functools.partial(SeriesDetector, cfg))
                 banks[name] = bank
-            alerts += len(bank.observe_window(rows, kids))
+            alerts += bank.observe_window(rows, kids)
     cpu = time.process_time() - t0
+    if a.alerts_out:
+        a.alerts_out.write_text("".join(json.dumps(x.to_dict(), default=str, sort_keys=True) + "\n" for x in alerts))  # type: ignore[attr-defined]  # fmt: skip
     size = sum(len(b.to_bytes()) for b in banks.values())
-    print(f"{a.label}: windows {len(windows)} detection {cpu:.2f} CPU s "
-          f"({1000 * cpu / len(windows):.1f} ms/window), alerts {alerts}, "
+    digest = hashlib.sha256(b"".join(b.to_bytes() for b in banks.values())).hexdigest()[:12]
+    print(f"{a.label}: state {digest}, windows {len(windows)} detection {cpu:.2f} CPU s "
+          f"({1000 * cpu / len(windows):.1f} ms/window), alerts {len(alerts)}, "
           f"snapshot {size / 1e6:.1f} MB")  # fmt: skip
 
 
