@@ -121,6 +121,14 @@ class SeriesDetector:
         )
         return self._quiet >= self.config.idle_after_windows and not busy
 
+    def needs_cells(self, calls: int) -> bool:
+        """Return whether :meth:`observe` needs a row of ``calls`` calls with its cells.
+
+        Only a series whose percentile pool is pooling small windows does; every other row
+        arrives with its own percentiles (``signals.with_own_percentiles``).
+        """
+        return self._pool.needs_cells(calls)
+
     def observe(
         self, row: Mapping[str, Any], children: Sequence[Mapping[str, Any]] = ()
     ) -> list[Alert]:

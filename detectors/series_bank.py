@@ -19,7 +19,11 @@ from typing import Any, Protocol
 
 import polars as pl
 
+from spanpulse.detectors.signals import PERCENTILES, with_own_percentiles
 from spanpulse.schemas.record import OTHER
+
+#: Histogram columns the engines read; the bank hands rows over without them where it can.
+_HISTS = tuple(dict.fromkeys(col for col, _ in PERCENTILES.values()))
 
 
 class AlertLike(Protocol):
@@ -89,15 +93,22 @@ class DetectorBank:
         kids = _children_by_parent(children, self.grain_dims)
         alerts: list[Any] = []
         seen: set[tuple[str, ...]] = set()
-        for row in rows.iter_rows(named=True):
+        batch: list[tuple[tuple[str, ...], SeriesDetectorLike, dict[str, Any]] | None] = []
+        for row in _light_rows(rows):
             key = tuple(str(row[d]) for d in self.grain_dims)
             if OTHER in key:  # the overflow bucket is not an actionable series
+                batch.append(None)
                 continue
             seen.add(key)
             det = self.detectors.get(key)
             if det is None:
                 det = self.detectors[key] = self.factory()
-            alerts += det.observe(row, kids.get(key, ()))
+            batch.append((key, det, row))
+        _attach_cells(rows, batch)
+        for item in batch:
+            if item is not None:
+                key, det, row = item
+                alerts += det.observe(row, kids.get(key, ()))
         for key, det in list(self.detectors.items()):
             if key not in seen:
                 alerts += det.tick(window_end)
@@ -125,12 +136,42 @@ def count_firing(firing: Counter[tuple[str, str]], alerts: Sequence[AlertLike]) 
             del firing[k]
 
 
+def _light_rows(frame: pl.DataFrame) -> list[dict[str, Any]]:
+    """Rows with their own percentiles and without histogram cells (the slow part to convert)."""
+    hists = [c for c in _HISTS if c in frame.columns]
+    return with_own_percentiles(frame).drop(hists).rows(named=True)
+
+
+def _attach_cells(
+    frame: pl.DataFrame, batch: Sequence[tuple[Any, Any, dict[str, Any]] | None]
+) -> None:
+    """Give the histogram cells back to the rows whose detector needs them (a pooling series).
+
+    Detectors without ``needs_cells`` (test doubles, other engines) always get them.
+    """
+    hists = [c for c in _HISTS if c in frame.columns]
+    need = [
+        item is not None
+        and (
+            not hasattr(item[1], "needs_cells")
+            or item[1].needs_cells(int(item[2].get("calls") or 0))
+        )
+        for item in batch
+    ]
+    if not hists or not any(need):
+        return
+    cells = frame.filter(pl.Series(need, dtype=pl.Boolean)).select(hists).rows(named=True)
+    for item, cell in zip((b for b, n in zip(batch, need, strict=True) if n), cells, strict=True):
+        assert item is not None
+        item[2].update(cell)
+
+
 def _children_by_parent(
     children: pl.DataFrame | None, parent_dims: Sequence[str]
 ) -> dict[tuple[str, ...], list[dict[str, Any]]]:
     out: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     if children is None or children.is_empty():
         return out
-    for row in children.iter_rows(named=True):
+    for row in _light_rows(children):
         out.setdefault(tuple(str(row[d]) for d in parent_dims), []).append(row)
     return out

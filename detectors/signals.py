@@ -23,7 +23,11 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, Final
 
-from spanpulse.schemas.histogram import merge_counts, quantile
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from spanpulse.schemas.histogram import bucket_estimate, merge_counts, quantile
 
 Signal = float | tuple[int, int]
 
@@ -44,6 +48,11 @@ PERCENTILES: Final[Mapping[str, tuple[str, float]]] = {
     "ttft_p95": ("ttft_s_hist", 0.95),
     "context_fill_p95": ("context_fill_hist", 0.95),
 }
+
+#: Row key of a percentile signal already estimated from that row's *own* histogram by
+#: :func:`with_own_percentiles` (``None`` for an empty one).  Rows that lack the key (tests,
+#: notebooks, anything not prepared by the detector bank) are read from their cells instead.
+OWN_PERCENTILES: Final[Mapping[str, str]] = {name: f"_own:{name}" for name in PERCENTILES}
 
 #: Unit of every signal, for alert payloads and messages.
 UNITS: Final[Mapping[str, str]] = {
@@ -135,9 +144,76 @@ def derive_signals(
             out["latency_mean"] = _int(row, "latency_ms_sum") / calls / 1000.0
     if calls >= min_calls_for_percentiles:
         for name, (col, q) in PERCENTILES.items():
-            value = _percentile(row.get(col), q)
+            own = OWN_PERCENTILES[name]
+            value = row[own] if own in row else _percentile(row.get(col), q)
             if value is not None:
                 out[name] = value
+    return out
+
+
+def with_own_percentiles(frame: pl.DataFrame) -> pl.DataFrame:
+    """Add the percentile signals estimated from each row's own histogram, a window at once.
+
+    The columns are named by :data:`OWN_PERCENTILES`.
+
+    Why: turning each row's histogram cells into Python dicts and merging them one row at a
+    time was about 40 % of detection at 200 k calls per window (BENCHMARKS.md); with these
+    columns the detector bank hands rows to the engines without their cells, except where a
+    series' percentile pool really needs them (:meth:`PercentilePool.needs_cells`).
+
+    The result is exactly :func:`quantile` of the row's cells: the same nearest rank
+    (``max(1, ceil(q * total))`` in the same float arithmetic), the first bucket in bucket order
+    whose running count reaches it, and the same :func:`bucket_estimate` of that bucket.
+    """
+    return frame.with_columns(
+        pl.Series(OWN_PERCENTILES[n], _own_estimates(frame.get_column(c), q), dtype=pl.Float64)
+        if c in frame.columns
+        else pl.lit(None, pl.Float64).alias(OWN_PERCENTILES[n])  # no cells: no estimate
+        for n, (c, q) in PERCENTILES.items()
+    )
+
+
+def _own_estimates(column: pl.Series, q: float) -> list[float | None]:
+    """:func:`quantile` of each row's cells, on the column's Arrow buffers (NumPy, no loop).
+
+    Per row, with ``cum`` the running count over all cells of the column, the estimate's
+    bucket is the first cell whose ``cum`` reaches ``cum_before_row + rank``.  Rows whose cells
+    are not strictly increasing by bucket (never produced by spanpulse) or hold null counts
+    take the per-row path, so the result is :func:`quantile` in every case.
+    """
+    arr = column.to_arrow()
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    cells = arr.values
+    counts_field, buckets_field = cells.field("n"), cells.field("b")
+    offsets = arr.offsets.to_numpy()
+    if counts_field.null_count or buckets_field.null_count or len(offsets) < 2:
+        return [_percentile(h, q) for h in column.to_list()]
+    counts = counts_field.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    buckets = buckets_field.to_numpy(zero_copy_only=False)
+    cum = np.concatenate(([0], np.cumsum(counts)))
+    starts, ends = offsets[:-1], offsets[1:]
+    before, total = cum[starts], cum[ends] - cum[starts]
+    rank = np.maximum(1, np.ceil(q * total.astype(np.float64)).astype(np.int64))
+    first = np.searchsorted(cum[1:], before + rank, side="left")
+    ok = total > 0
+    chosen = buckets[np.minimum(first, len(buckets) - 1)] if len(buckets) else first
+    rising = np.ones(len(buckets), dtype=bool)
+    if len(buckets) > 1:
+        rising[1:] = np.diff(buckets.astype(np.int64)) > 0
+    rising[starts[starts < len(buckets)]] = True  # a row's first cell starts fresh
+    if not rising.all():
+        return [_percentile(h, q) for h in column.to_list()]
+    estimates: dict[int, float] = {}
+    out: list[float | None] = []
+    for has, b in zip(ok.tolist(), chosen.tolist(), strict=True):
+        if not has:
+            out.append(None)
+            continue
+        value = estimates.get(b)
+        if value is None:
+            value = estimates[b] = bucket_estimate(b)
+        out.append(value)
     return out
 
 
@@ -193,8 +269,16 @@ class PercentilePool:
     def __setstate__(self, state: tuple[int, int, dict[str, dict[int, int]], int, int]) -> None:
         self.min_calls, self.max_windows, self._hists, self._calls, self._windows = state
 
+    def needs_cells(self, calls: int) -> bool:
+        """Return whether :meth:`add` needs the row's cells (not just its own percentiles)."""
+        return self._windows > 0 or calls < self.min_calls
+
     def add(self, row: Mapping[str, Any]) -> dict[str, float]:
         """Pool one row; return the percentile signals when the pool is full (else empty)."""
+        if not self.needs_cells(_int(row, "calls")) and all(k in row for k in OWN_PERCENTILES.values()):  # fmt: skip
+            # An empty pool filled by this row alone: its own percentiles, state left empty.
+            own = ((name, row[key]) for name, key in OWN_PERCENTILES.items())
+            return {name: value for name, value in own if value is not None}
         for col, _ in PERCENTILES.values():
             target = self._hists.setdefault(col, {})
             for cell in row.get(col) or ():
