@@ -54,6 +54,12 @@ PERCENTILES: Final[Mapping[str, tuple[str, float]]] = {
 #: notebooks, anything not prepared by the detector bank) are read from their cells instead.
 OWN_PERCENTILES: Final[Mapping[str, str]] = {name: f"_own:{name}" for name in PERCENTILES}
 
+_PROPORTION_COLUMNS: Final = tuple((name, num, den) for name, (num, den) in PROPORTIONS.items())
+_PERCENTILE_COLUMNS: Final = tuple(
+    (name, col, q, OWN_PERCENTILES[name]) for name, (col, q) in PERCENTILES.items()
+)
+_OWN_KEYS: Final = frozenset(OWN_PERCENTILES.values())
+
 #: Unit of every signal, for alert payloads and messages.
 UNITS: Final[Mapping[str, str]] = {
     **dict.fromkeys(PROPORTIONS, "ratio"),
@@ -100,14 +106,6 @@ def _int(row: Mapping[str, Any], col: str) -> int:
     return int(value) if value is not None else 0
 
 
-def window_minutes(row: Mapping[str, Any]) -> float:
-    """Length of the row's window in minutes (1.0 when the bounds are missing)."""
-    start, end = row.get("window_start"), row.get("window_end")
-    if isinstance(start, datetime) and isinstance(end, datetime) and end > start:
-        return (end - start).total_seconds() / 60.0
-    return 1.0
-
-
 def _percentile(hist: Iterable[Mapping[str, int]] | None, q: float) -> float | None:
     if not hist:
         return None
@@ -124,28 +122,42 @@ def derive_signals(
     >>> sig["length_share"], sig["call_rate"], sig["input_tokens_per_call"]
     ((40, 400), 400.0, 200.0)
     """
-    calls = _int(row, "calls")
-    minutes = window_minutes(row)
+    get = row.get  # this runs per row and per child of every window: no helper calls
+    value = get("calls")
+    calls = int(value) if value is not None else 0
+    start, end = get("window_start"), get("window_end")
+    minutes = (
+        (end - start).total_seconds() / 60.0
+        if isinstance(start, datetime) and isinstance(end, datetime) and end > start
+        else 1.0
+    )
+    value = get("input_tokens")
+    input_tokens = int(value) if value is not None else 0
+    value = get("output_tokens")
+    output_tokens = int(value) if value is not None else 0
+    cost = float(get("cost_usd") or 0.0)
     out: dict[str, Signal] = {
         "calls": float(calls),
         "call_rate": calls / minutes,
-        "cost_usd": float(row.get("cost_usd") or 0.0),
-        "tokens": float(_int(row, "input_tokens") + _int(row, "output_tokens")),
+        "cost_usd": cost,
+        "tokens": float(input_tokens + output_tokens),
     }
-    for name, (num, den) in PROPORTIONS.items():
-        trials = _int(row, den)
+    for name, num, den in _PROPORTION_COLUMNS:
+        value = get(den)
+        trials = int(value) if value is not None else 0
         if trials > 0:
-            out[name] = (min(_int(row, num), trials), trials)
+            value = get(num)
+            out[name] = (min(int(value) if value is not None else 0, trials), trials)
     if calls > 0:
-        out["input_tokens_per_call"] = _int(row, "input_tokens") / calls
-        out["output_tokens_per_call"] = _int(row, "output_tokens") / calls
-        out["cost_per_call"] = float(row.get("cost_usd") or 0.0) / calls
-        if row.get("latency_ms_sum") is not None:
-            out["latency_mean"] = _int(row, "latency_ms_sum") / calls / 1000.0
+        out["input_tokens_per_call"] = input_tokens / calls
+        out["output_tokens_per_call"] = output_tokens / calls
+        out["cost_per_call"] = cost / calls
+        value = get("latency_ms_sum")
+        if value is not None:
+            out["latency_mean"] = int(value) / calls / 1000.0
     if calls >= min_calls_for_percentiles:
-        for name, (col, q) in PERCENTILES.items():
-            own = OWN_PERCENTILES[name]
-            value = row[own] if own in row else _percentile(row.get(col), q)
+        for name, col, q, own in _PERCENTILE_COLUMNS:
+            value = row[own] if own in row else _percentile(get(col), q)
             if value is not None:
                 out[name] = value
     return out
@@ -275,10 +287,13 @@ class PercentilePool:
 
     def add(self, row: Mapping[str, Any]) -> dict[str, float]:
         """Pool one row; return the percentile signals when the pool is full (else empty)."""
-        if not self.needs_cells(_int(row, "calls")) and all(k in row for k in OWN_PERCENTILES.values()):  # fmt: skip
+        if not self.needs_cells(_int(row, "calls")) and row.keys() >= _OWN_KEYS:
             # An empty pool filled by this row alone: its own percentiles, state left empty.
-            own = ((name, row[key]) for name, key in OWN_PERCENTILES.items())
-            return {name: value for name, value in own if value is not None}
+            own: dict[str, float] = {}
+            for name, _, _, key in _PERCENTILE_COLUMNS:
+                if (value := row[key]) is not None:
+                    own[name] = value
+            return own
         for col, _ in PERCENTILES.values():
             target = self._hists.setdefault(col, {})
             for cell in row.get(col) or ():
