@@ -71,6 +71,10 @@ def cost_usd_expr(nanos_col: str = "cost_nanos") -> pl.Expr:
     return pl.col(nanos_col).map_batches(_exact_usd, return_dtype=pl.Float64).alias("cost_usd")
 
 
+_COLUMNS: Final = list(ROLLUP_SCHEMA)
+_SCHEMA: Final = pl.Schema(ROLLUP_SCHEMA)
+
+
 def empty_rollups() -> pl.DataFrame:
     """Return an empty frame with :data:`ROLLUP_SCHEMA`."""
     return pl.DataFrame(schema=ROLLUP_SCHEMA)
@@ -90,6 +94,6 @@ def conform_rollups(df: pl.DataFrame) -> pl.DataFrame:
     if extra or missing:
         msg = f"rollup frame does not match the contract: unknown {extra}, missing {missing}"
         raise ValueError(msg)
-    if df.schema == pl.Schema(ROLLUP_SCHEMA) and df.columns == list(ROLLUP_SCHEMA):
+    if df.columns == _COLUMNS and df.schema == _SCHEMA:
         return df
     return df.select(pl.col(name).cast(dtype) for name, dtype in ROLLUP_SCHEMA.items())
