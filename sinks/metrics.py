@@ -630,11 +630,18 @@ class Metrics:
             raise ValueError(msg)
         if not self._include_late:
             rows = rows.filter(~pl.col("late").fill_null(value=False))
+        present = set()
         for grain, n in rows.group_by("grain").len().iter_rows():
             self.rollup_rows.labels(grain=sanitize_label(grain)).inc(n)
-        self._observe_counters(self.call_counters, rows, "llm_calls")
-        self._observe_counters(self.prompt_counters, rows, "llm_prompt")
-        self._observe_histograms(rows)
+            present.add(grain)
+        # The job passes one grain at a time: skip the families of the other grains outright
+        # (their filters come out empty, at about 1 ms of Polars overhead each).
+        if self.call_counters.family.grain in present:
+            self._observe_counters(self.call_counters, rows, "llm_calls")
+        if self.prompt_counters.family.grain in present:
+            self._observe_counters(self.prompt_counters, rows, "llm_prompt")
+        if self._model_family.grain in present:
+            self._observe_histograms(rows)
 
     def _observe_counters(self, counters: RollupCounters, rows: pl.DataFrame, guard: str) -> None:
         keys, merged, sums = grain_totals(rows, counters.family, counters.columns)
