@@ -119,12 +119,16 @@ class RollupWriter:
         conformed = conform_rollups(rows)
         window_start = _as_utc(_window_start(conformed))
         files = []
-        for grain in sorted(conformed.get_column("grain").unique().to_list()):
+        grains = sorted(
+            conformed.get_column("grain").unique().to_list(), key=lambda g: (g is None, g)
+        )
+        for grain in grains:
             if grain is None:
                 msg = "rollup rows need a grain; got a null grain"
                 raise ValueError(msg)
             path = rollup_path(self.root, grain, window_start, tag)
-            files.append((path, conformed.filter(pl.col("grain") == grain)))
+            part = conformed if len(grains) == 1 else conformed.filter(pl.col("grain") == grain)
+            files.append((path, part))
         return files
 
     def _write_atomic(self, frame: pl.DataFrame, path: Path) -> None:
