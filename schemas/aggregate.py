@@ -37,7 +37,7 @@ from spanpulse.schemas.histogram import (
     merge_hist_frame,
 )
 from spanpulse.schemas.record import DIMENSIONS, FINISH_CLASSES, UNKNOWN
-from spanpulse.schemas.rollup_schema import cost_usd_expr
+from spanpulse.schemas.rollup_schema import ROLLUP_SCHEMA, cost_usd_expr
 
 #: Integer columns that add up when partials merge.
 ADDITIVE: Final = (
@@ -281,6 +281,7 @@ class Aggregator:
             )
             .drop("ex", "window_start_ms")
             .sort(["grain", "window_start", *DIMENSIONS], nulls_last=True)
+            .select(list(ROLLUP_SCHEMA))  # contract order, so every later conform_rollups is a check
         )
 
 
