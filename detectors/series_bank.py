@@ -93,22 +93,22 @@ class DetectorBank:
         kids = _children_by_parent(children, self.grain_dims)
         alerts: list[Any] = []
         seen: set[tuple[str, ...]] = set()
-        batch: list[tuple[tuple[str, ...], SeriesDetectorLike, dict[str, Any]] | None] = []
-        for row in _light_rows(rows):
+        todo: list[tuple[tuple[str, ...], SeriesDetectorLike, dict[str, Any]]] = []
+        pooling: list[tuple[int, dict[str, Any]]] = []  # rows whose detector pools their cells
+        for i, row in enumerate(_light_rows(rows)):
             key = tuple(str(row[d]) for d in self.grain_dims)
             if OTHER in key:  # the overflow bucket is not an actionable series
-                batch.append(None)
                 continue
             seen.add(key)
             det = self.detectors.get(key)
             if det is None:
                 det = self.detectors[key] = self.factory()
-            batch.append((key, det, row))
-        _attach_cells(rows, batch)
-        for item in batch:
-            if item is not None:
-                key, det, row = item
-                alerts += det.observe(row, kids.get(key, ()))
+            todo.append((key, det, row))
+            if _needs_cells(det, row):
+                pooling.append((i, row))
+        _attach_cells(rows, pooling)
+        for key, det, row in todo:
+            alerts += det.observe(row, kids.get(key, ()))
         for key, det in list(self.detectors.items()):
             if key not in seen:
                 alerts += det.tick(window_end)
@@ -142,28 +142,20 @@ def _light_rows(frame: pl.DataFrame) -> list[dict[str, Any]]:
     return with_own_percentiles(frame).drop(hists).rows(named=True)
 
 
-def _attach_cells(
-    frame: pl.DataFrame, batch: Sequence[tuple[Any, Any, dict[str, Any]] | None]
-) -> None:
-    """Give the histogram cells back to the rows whose detector needs them (a pooling series).
+def _needs_cells(det: SeriesDetectorLike, row: Mapping[str, Any]) -> bool:
+    """Return whether ``det`` needs ``row``'s cells (engines without ``needs_cells`` always do)."""
+    needs = getattr(det, "needs_cells", None)
+    return needs is None or bool(needs(int(row.get("calls") or 0)))
 
-    Detectors without ``needs_cells`` (test doubles, other engines) always get them.
-    """
+
+def _attach_cells(frame: pl.DataFrame, rows: list[tuple[int, dict[str, Any]]]) -> None:
+    """Give each ``(position, row)`` the histogram cells of ``frame``'s row at that position."""
     hists = [c for c in _HISTS if c in frame.columns]
-    need = [
-        item is not None
-        and (
-            not hasattr(item[1], "needs_cells")
-            or item[1].needs_cells(int(item[2].get("calls") or 0))
-        )
-        for item in batch
-    ]
-    if not hists or not any(need):
+    if not hists or not rows:
         return
-    cells = frame.filter(pl.Series(need, dtype=pl.Boolean)).select(hists).rows(named=True)
-    for item, cell in zip((b for b, n in zip(batch, need, strict=True) if n), cells, strict=True):
-        assert item is not None
-        item[2].update(cell)
+    cells = frame.select(hists)[[i for i, _ in rows]].rows(named=True)
+    for (_, row), cell in zip(rows, cells, strict=True):
+        row.update(cell)
 
 
 def _children_by_parent(

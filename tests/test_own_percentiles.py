@@ -46,6 +46,17 @@ def test_own_percentiles_equal_the_per_row_quantile(hists: list) -> None:
     assert got == [quantile(merge_counts([h]), q) if h else None for h in hists]
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(HIST, min_size=2, max_size=30), st.data())
+def test_a_zero_copy_slice_reads_its_own_rows(hists: list, data: st.DataObject) -> None:
+    # A slice shares the parent's Arrow buffers: its list offsets do not start at 0.
+    start = data.draw(st.integers(0, len(hists) - 1))
+    length = data.draw(st.integers(0, len(hists) - start))
+    got = with_own_percentiles(_frame(hists).slice(start, length))
+    want = [quantile(merge_counts([h]), 0.95) if h else None for h in hists[start : start + length]]
+    assert got[OWN_PERCENTILES["latency_p95"]].to_list() == want
+
+
 def test_unsorted_cells_take_the_per_row_path() -> None:
     hists = [[{"b": 7, "n": 1}, {"b": 2, "n": 5}], [{"b": 1, "n": 3}]]
     got = with_own_percentiles(_frame(hists))[OWN_PERCENTILES["latency_p95"]].to_list()
