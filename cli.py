@@ -22,6 +22,8 @@ from typing import Any, NoReturn
 EXIT_USAGE = 2
 EXIT_RUNTIME = 1
 
+log = logging.getLogger("spanpulse.cli")
+
 
 class UserError(Exception):
     """An error to show as one line, without a traceback."""
@@ -313,12 +315,31 @@ def run_job(
 
 
 def _init_recovery(path: Path) -> Path:
-    """Create a one-partition recovery store on first use (see README: Recovery)."""
+    """Create a one-partition recovery store on first use (see README: Recovery).
+
+    An existing store first loses the snapshots a killed execution wrote past its recorded
+    progress (``sinks/recovery_store.py`` says why they would corrupt a later resume).
+    """
     path.mkdir(parents=True, exist_ok=True)
     if not any(path.glob("*.sqlite3")):
         from bytewax.recovery import init_db_dir
 
         init_db_dir(path, 1)
+        return path
+    import sqlite3
+
+    from spanpulse.sinks.recovery_store import prune_uncommitted
+
+    try:
+        pruned = prune_uncommitted(path)
+    except sqlite3.Error as err:
+        msg = (
+            f"recovery.dir {path}: cannot read the recovery store ({err}); restore it from a "
+            "backup or point recovery.dir at an empty directory"
+        )
+        raise UserError(msg) from err
+    if pruned:
+        log.info("recovery: dropped %d snapshots of epochs the last run never finished", pruned)
     return path
 
 
