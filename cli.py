@@ -89,6 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--status-interval", type=_positive_float, default=10.0, help="seconds between status lines"
     )
+    r.add_argument(
+        "--process-id",
+        type=int,
+        help="this process's index in --addresses (several processes; Bytewax -i)",
+    )
+    r.add_argument(
+        "--addresses",
+        help='every process\'s host:port, ";"-separated, the same on each (Bytewax -a)',
+    )
 
     d = sub.add_parser(
         "demo", help="embedded broker + generated traffic + job + DuckDB summary, in under a minute"
@@ -264,6 +273,8 @@ def run_job(
     workers: int = 1,
     status_interval: float = 10.0,
     quiet: bool = False,
+    process_id: int | None = None,
+    addresses: list[str] | None = None,
 ) -> dict[str, Any]:
     """Run the job in this process until stopped (or caught up); return the final totals."""
     from bytewax.recovery import RecoveryConfig
@@ -304,6 +315,8 @@ def run_job(
         cli_main(
             job.flow,
             workers_per_process=workers,
+            process_id=process_id,
+            addresses=addresses,
             epoch_interval=timedelta(milliseconds=settings.recovery.snapshot_interval_ms),
             recovery_config=recovery,
         )
@@ -385,17 +398,37 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         msg = f"--workers must be at least 1, got {args.workers}"
         raise UserError(msg)
+    addresses = _cluster(args.process_id, args.addresses)
     settings = load(args.config)
     totals = run_job(
         settings,
         bounded=args.until_caught_up,
         workers=args.workers,
         status_interval=args.status_interval,
+        process_id=args.process_id,
+        addresses=addresses,
     )
     sys.stdout.write(
         json.dumps({"status": "caught_up" if args.until_caught_up else "stopped", **totals}) + "\n"
     )
     return 0
+
+
+def _cluster(process_id: int | None, addresses: str | None) -> list[str] | None:
+    """Check ``--process-id``/``--addresses`` (both or neither) and split the addresses."""
+    if process_id is None and addresses is None:
+        return None
+    if process_id is None or addresses is None:
+        msg = "--process-id and --addresses go together: give both to run several processes, or neither"
+        raise UserError(msg)
+    hosts = [a.strip() for a in addresses.split(";") if a.strip()]
+    if not all(a.rpartition(":")[2].isdigit() for a in hosts):
+        msg = f'--addresses must be host:port entries separated by ";", got {addresses!r}'
+        raise UserError(msg)
+    if not 0 <= process_id < len(hosts):
+        msg = f"--process-id must be between 0 and {len(hosts) - 1} (one per --addresses entry), got {process_id}"
+        raise UserError(msg)
+    return hosts
 
 
 # ------------------------------------------------------------------------------------ generate

@@ -183,8 +183,16 @@ def get_flow(config_path: str, until_caught_up: bool = False) -> Dataflow:
 
     With ``until_caught_up=True`` every process stops at the end offsets it saw at start.
     Sets the job's collector thresholds (:mod:`spanpulse.flows.gc_tuning`) in this process.
+    When the config names ``[recovery] dir`` (give it the ``-r`` directory), drops the snapshots
+    a killed run left past its recorded progress first (:mod:`spanpulse.sinks.recovery_store`).
     """
     from spanpulse.flows.gc_tuning import tune_gc
+    from spanpulse.sinks.recovery_store import prune_uncommitted
 
     tune_gc()
-    return build_job(load(Path(config_path)), bounded=until_caught_up).flow
+    settings = load(Path(config_path))
+    if settings.recovery.dir is not None and settings.recovery.dir.is_dir():
+        pruned = prune_uncommitted(settings.recovery.dir)
+        if pruned:
+            log.info("recovery: dropped %d snapshots of epochs the last run never finished", pruned)
+    return build_job(settings, bounded=until_caught_up).flow
