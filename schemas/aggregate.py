@@ -281,7 +281,9 @@ class Aggregator:
             )
             .drop("ex", "window_start_ms")
             .sort(["grain", "window_start", *DIMENSIONS], nulls_last=True)
-            .select(list(ROLLUP_SCHEMA))  # contract order, so every later conform_rollups is a check
+            .select(
+                list(ROLLUP_SCHEMA)
+            )  # contract order, so every later conform_rollups is a check
         )
 
 
