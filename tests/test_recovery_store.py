@@ -15,6 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import bytewax.operators as op
+import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import AbortExecution, FixedPartitionedSource, StatefulSourcePartition
 from bytewax.recovery import RecoveryConfig, init_db_dir
@@ -165,3 +166,11 @@ def test_a_fresh_or_foreign_directory_is_left_alone(tmp_path):
     with closing(sqlite3.connect(other / "x.sqlite3")) as con, con:
         con.execute("CREATE TABLE t (a)")
     assert prune_uncommitted(other) == 0
+
+
+def test_an_unreadable_store_is_a_one_line_error_at_start(tmp_path):
+    from spanpulse.cli import UserError, _init_recovery
+
+    (tmp_path / "part-0.sqlite3").write_bytes(b"not a database, " * 64)
+    with pytest.raises(UserError, match="cannot read the recovery store"):
+        _init_recovery(tmp_path)
