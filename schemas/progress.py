@@ -118,6 +118,17 @@ class PartitionTracker:
     last_data_wall_ms: int | None = None
     late: dict[int, HeldLate] = field(default_factory=dict)
 
+    def __getstate__(self) -> dict[str, object]:
+        """Snapshot without the wall-clock idle mark: a restart restarts the idle clock.
+
+        Otherwise a partition resumed after a downtime (or after a few quick crashes whose
+        snapshots kept an old mark) counts as idle at its first empty poll, seals up to wall time,
+        and turns the rest of its backlog late -- measured in the 20-kill late crash drill.
+        """
+        state = self.__dict__.copy()
+        state["last_data_wall_ms"] = None
+        return state
+
     def late_marks(self, end_ms: I64, messages: I64 | None = None) -> I64:
         """Judge records (in the partition's stream order) and return where each one is late.
 

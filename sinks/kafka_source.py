@@ -171,7 +171,9 @@ class _Partition(StatefulSourcePartition[RawBatch, int]):
         self._last_emit_ms = now
         self._eof_sent = eof
         lag = self._lag()
-        caught_up = self.health.up and not messages and (lag is None or lag == 0)
+        # An unknown lag (no fetch response yet, e.g. just after a restart) is not "caught up":
+        # silence then means the fetch is pending, not that the partition is idle.
+        caught_up = self.health.up and not messages and lag == 0
         return RawBatch(self.partition_id, self.encoding, messages, now, eof, lag, caught_up)
 
     def _lag(self) -> int | None:

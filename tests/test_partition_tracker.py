@@ -167,3 +167,24 @@ def test_late_tags_name_the_partition_and_the_sealed_point():
     assert late_tag(group) == f"late-my.topic-a-p12-wm{T0}"
     assert late_source_of_tag(late_tag(group)) == late_source("my.topic-a#12")
     assert late_tag(LateGroup("t#0", END_OF_TIME_MS, ())) == f"late-t-p0-wm{END_OF_TIME_MS}"
+
+
+def test_a_restart_restarts_the_idle_clock():
+    """Downtime is not idleness: the idle mark is wall-clock state and is not snapshotted."""
+    import copy
+    import pickle
+
+    t = _tracker()
+    t.late_marks(np.array([T0 + 5 * W], np.int64))
+    t.advance(wall_ms=T0 + 5 * W, had_data=True, eof=False)
+    sealed = t.sealed_upto_ms
+    for restored in (pickle.loads(pickle.dumps(t)), copy.deepcopy(t)):  # the store; Bytewax's copy
+        assert restored.last_data_wall_ms is None
+        assert restored.max_event_ms == t.max_event_ms and restored.sealed_upto_ms == sealed
+        # An hour later, caught up and silent: the first poll starts the idle clock, it does
+        # not find the partition idle, so the backlog that follows stays on time.
+        report, _ = restored.advance(wall_ms=T0 + 65 * W, had_data=False, eof=False)
+        assert report.sealed_upto_ms == sealed
+        report, _ = restored.advance(wall_ms=T0 + 65 * W + 30_000, had_data=False, eof=False)
+        assert report.sealed_upto_ms is not None and report.sealed_upto_ms > sealed  # idle now
+    assert t.last_data_wall_ms == T0 + 5 * W  # the live tracker keeps its mark
