@@ -22,8 +22,6 @@ from typing import Any, NoReturn
 EXIT_USAGE = 2
 EXIT_RUNTIME = 1
 
-log = logging.getLogger("spanpulse.cli")
-
 
 class UserError(Exception):
     """An error to show as one line, without a traceback."""
@@ -339,20 +337,12 @@ def _init_recovery(path: Path) -> Path:
 
         init_db_dir(path, 1)
         return path
-    import sqlite3
-
-    from spanpulse.sinks.recovery_store import prune_uncommitted
+    from spanpulse.sinks.recovery_store import RecoveryStoreError, prune_uncommitted
 
     try:
-        pruned = prune_uncommitted(path)
-    except sqlite3.Error as err:
-        msg = (
-            f"recovery.dir {path}: cannot read the recovery store ({err}); restore it from a "
-            "backup or point recovery.dir at an empty directory"
-        )
-        raise UserError(msg) from err
-    if pruned:
-        log.info("recovery: dropped %d snapshots of epochs the last run never finished", pruned)
+        prune_uncommitted(path)
+    except RecoveryStoreError as err:
+        raise UserError(str(err)) from err
     return path
 
 

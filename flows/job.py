@@ -192,7 +192,5 @@ def get_flow(config_path: str, until_caught_up: bool = False) -> Dataflow:
     tune_gc()
     settings = load(Path(config_path))
     if settings.recovery.dir is not None and settings.recovery.dir.is_dir():
-        pruned = prune_uncommitted(settings.recovery.dir)
-        if pruned:
-            log.info("recovery: dropped %d snapshots of epochs the last run never finished", pruned)
+        prune_uncommitted(settings.recovery.dir)
     return build_job(settings, bounded=until_caught_up).flow

@@ -281,9 +281,8 @@ class Aggregator:
             )
             .drop("ex", "window_start_ms")
             .sort(["grain", "window_start", *DIMENSIONS], nulls_last=True)
-            .select(
-                list(ROLLUP_SCHEMA)
-            )  # contract order, so every later conform_rollups is a check
+            # The contract's column order, so every later conform_rollups is only a check.
+            .select(list(ROLLUP_SCHEMA))
         )
 
 

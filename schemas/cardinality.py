@@ -429,7 +429,8 @@ def _weights(rows: pl.DataFrame, dim: str) -> dict[str, int]:
     filter + group-by cost about 1 ms per call in fixed overhead, per dimension and window.
     """
     sums: dict[str, int] = {}
-    for value, calls in zip(rows.get_column(dim).to_list(), rows.get_column("calls").to_list(), strict=True):  # fmt: skip
+    values, counts = rows.get_column(dim).to_list(), rows.get_column("calls").to_list()
+    for value, calls in zip(values, counts, strict=True):
         if value is not None and value not in _RESERVED and calls is not None:
             sums[value] = sums.get(value, 0) + calls
     return {value: calls for value, calls in sums.items() if calls > 0}

@@ -15,6 +15,7 @@ from spanpulse.broker import EmbeddedBroker, create_topics, free_port
 from spanpulse.schemas.encode import encode_calls
 from spanpulse.schemas.traffic import TrafficModel
 from spanpulse.sinks.kafka_producer import BulkProducer
+from tests.cli_process import start_cli
 from tests.tcp_proxy import CuttableProxy
 
 pytestmark = pytest.mark.integration
@@ -74,20 +75,7 @@ def test_outage_mid_stream_then_recovery_loses_and_duplicates_nothing(tmp_path):
                 f'[[inputs]]\ntopic = "spans"\n[window]\nlength = "10s"\nallowed_lateness = "0s"\nidle_timeout = "2s"\n'
                 f'[rollups]\noutput_dir = "{out}"\n[metrics]\nport = {mport}\naddr = "127.0.0.1"\n'
             )
-            job = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "spanpulse.cli",
-                    "run",
-                    "--config",
-                    str(cfg),
-                    "--status-interval",
-                    "1",
-                ],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
+            job = start_cli("run", "--config", str(cfg), "--status-interval", "1")
             try:
                 assert _wait(lambda: _calls_in(out) == first.height, 120), _calls_in(out)
                 assert _metric(mport, "spanpulse_broker_up") == 1.0

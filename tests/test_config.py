@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
 import pytest
 
 from spanpulse.config import DEFAULT_GRAINS, ConfigError, apply_env, from_mapping, load
+from tests.cli_process import assert_one_line_error, run_cli
 
 CASES = tomllib.loads((Path(__file__).parent / "testdata" / "config_cases.toml").read_text())[
     "case"
@@ -100,27 +99,11 @@ def test_missing_file_and_bad_toml(tmp_path):
 def test_cli_reports_config_error_in_one_line_without_traceback(tmp_path):
     bad = tmp_path / "c.toml"
     bad.write_text('[window]\nlength = "soon"\n')
-    proc = subprocess.run(
-        [sys.executable, "-m", "spanpulse.cli", "run", "--config", str(bad)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 2
-    assert proc.stderr.strip().count("\n") == 0, proc.stderr
-    assert "window.length" in proc.stderr and "Traceback" not in proc.stderr
+    assert_one_line_error(run_cli("run", "--config", str(bad)), 2, "window.length")
 
 
 def test_cli_rejects_bad_flag_in_one_line():
-    proc = subprocess.run(
-        [sys.executable, "-m", "spanpulse.cli", "run", "--workers", "zero"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 2
-    assert proc.stderr.strip().count("\n") == 0, proc.stderr
-    assert "--workers" in proc.stderr
+    assert_one_line_error(run_cli("run", "--workers", "zero"), 2, "--workers")
 
 
 def test_tenant_hashing_needs_a_salt_and_resolves_it_from_env(monkeypatch):
